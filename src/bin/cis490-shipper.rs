@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    cis490::shipper::cli::main()
+}

@@ -1,0 +1,31 @@
+//! cis490: ship finished robot-lab episodes to a central receiver, verified,
+//! exactly once.
+//!
+//! One package, two binaries. `cis490-shipper` runs on each lab host from a
+//! systemd timer; `cis490-receiver` runs on the central node. The modules at
+//! the top are shared by both: configuration, TLS, the HTTP/1.1 wire format,
+//! the protocol's ids and digests. `shipper` and `receiver` hold what only one
+//! side needs.
+//!
+//! `unsafe` is denied everywhere but in `signal` (sigwait for the receiver's
+//! clean shutdown) and `fault` (a test-only SIGKILL), each a few audited lines.
+#![deny(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod exit;
+pub mod fault;
+pub mod fsutil;
+pub mod hashing;
+pub mod http;
+pub mod ids;
+pub mod log;
+pub mod protocol;
+pub mod receiver;
+pub mod shipper;
+pub mod signal;
+pub mod timefmt;
+pub mod tls;
+
+/// The version both binaries report, and the receiver's ping answer carries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

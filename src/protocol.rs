@@ -1,0 +1,336 @@
+//! The protocol both sides speak, apart from sockets: the routes, the
+//! `Content-Digest` header (RFC 9530), and the JSON answer bodies.
+//!
+//! ```text
+//! POST /v1/ping                              -> 200 {"status":"ok","host_id",..}
+//! PUT  /v1/episodes/{host_id}/{episode_id}   -> 201 stored | 200 present
+//!                                               | 409 conflict | 4xx/5xx
+//! ```
+//! docs/transport.md is the prose version; keep the two in step.
+
+use nanoserde::{DeJson, SerJson};
+
+use crate::ids;
+
+pub const PING_PATH: &str = "/v1/ping";
+pub const EPISODES_PREFIX: &str = "/v1/episodes/";
+pub const CONTENT_TYPE: &str = "application/zstd";
+
+/// What a request target names, decided from the raw bytes of the path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Ping,
+    Episode { host_id: String, episode_id: String },
+}
+
+/// Why a target or method was refused, with the status it earns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// 400: malformed path or id (never decoded, never touches the disk).
+    BadPath(&'static str),
+    /// 404
+    NotFound,
+    /// 405, with the `Allow` value.
+    MethodNotAllowed(&'static str),
+}
+
+/// Maps a method and request target to a route. The path is never
+/// percent-decoded: a `%` anywhere is a 400, so `%2e%2e` can never become
+/// `..` at some later layer; the raw bytes must pass the id rule.
+pub fn route(method: &str, target: &str) -> Result<Route, RouteError> {
+    if !target.starts_with('/') {
+        return Err(RouteError::BadPath("the target must be an absolute path"));
+    }
+    if target.contains('%') {
+        return Err(RouteError::BadPath(
+            "percent-encoding is not accepted in paths",
+        ));
+    }
+    if target.contains(['?', '#']) {
+        return Err(RouteError::BadPath(
+            "queries and fragments are not accepted",
+        ));
+    }
+    if target == PING_PATH {
+        return match method {
+            "POST" => Ok(Route::Ping),
+            _ => Err(RouteError::MethodNotAllowed("POST")),
+        };
+    }
+    let Some(rest) = target.strip_prefix(EPISODES_PREFIX) else {
+        return Err(RouteError::NotFound);
+    };
+    let mut parts = rest.split('/');
+    let (Some(host), Some(episode), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(RouteError::BadPath(
+            "expected /v1/episodes/{host_id}/{episode_id}",
+        ));
+    };
+    if !ids::is_valid(host) || !ids::is_valid(episode) {
+        return Err(RouteError::BadPath(
+            "host and episode ids must be 1-128 characters from A-Z a-z 0-9 . _ -, \
+             starting with a letter or digit",
+        ));
+    }
+    match method {
+        "PUT" => Ok(Route::Episode {
+            host_id: host.to_owned(),
+            episode_id: episode.to_owned(),
+        }),
+        _ => Err(RouteError::MethodNotAllowed("PUT")),
+    }
+}
+
+pub fn episode_path(host_id: &str, episode_id: &str) -> String {
+    format!("{EPISODES_PREFIX}{host_id}/{episode_id}")
+}
+
+/// `sha-256=:<base64>:` for a digest.
+pub fn content_digest(sha256: &[u8; 32]) -> String {
+    format!("sha-256=:{}:", base64_encode(sha256))
+}
+
+/// Extracts the sha-256 member of a `Content-Digest` dictionary. Other
+/// algorithms may be present and are ignored; a missing, repeated or
+/// malformed sha-256 is an error whose text goes into the 400 answer.
+pub fn parse_content_digest(value: &str) -> Result<[u8; 32], &'static str> {
+    let mut found = None;
+    // Base64 has no commas, so a plain split is exact for this dictionary.
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        let Some((key, val)) = member.split_once('=') else {
+            return Err("Content-Digest members must look like sha-256=:<base64>:");
+        };
+        if key != "sha-256" {
+            continue;
+        }
+        if found.is_some() {
+            return Err("Content-Digest names sha-256 twice");
+        }
+        let inner = val
+            .strip_prefix(':')
+            .and_then(|v| v.strip_suffix(':'))
+            .ok_or("Content-Digest sha-256 value must be wrapped in colons: sha-256=:<base64>:")?;
+        let bytes =
+            base64_decode(inner).ok_or("Content-Digest sha-256 value is not valid base64")?;
+        let digest: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "Content-Digest sha-256 value is not 32 bytes")?;
+        found = Some(digest);
+    }
+    found.ok_or("Content-Digest has no sha-256 member")
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Strict standard base64 with padding: anything else is `None`.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let val = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, q) in s.chunks(4).enumerate() {
+        let last = i == s.len() / 4 - 1;
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = (n << 6) | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        // Reject non-canonical encodings (stray low bits before the padding).
+        if bytes[3 - pad..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+/// Every JSON answer the receiver sends. `status` is always present; the
+/// rest depends on the route and outcome.
+#[derive(SerJson, DeJson, Debug, Default, Clone, PartialEq)]
+pub struct Reply {
+    pub status: String,
+    /// The digest stored under the id, lowercase hex (uploads).
+    pub sha256: Option<String>,
+    pub message: Option<String>,
+    /// Ping: the host the credentials authenticate as.
+    pub host_id: Option<String>,
+    /// Ping: the receiver's version.
+    pub version: Option<String>,
+    /// Ping: the receiver's clock, RFC 3339 UTC.
+    pub server_time: Option<String>,
+}
+
+impl Reply {
+    pub fn status(status: &str) -> Reply {
+        Reply {
+            status: status.to_owned(),
+            ..Reply::default()
+        }
+    }
+
+    pub fn with_message(mut self, msg: impl Into<String>) -> Reply {
+        self.message = Some(msg.into());
+        self
+    }
+
+    pub fn with_sha256(mut self, hex: impl Into<String>) -> Reply {
+        self.sha256 = Some(hex.into());
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = self.serialize_json();
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(body: &[u8]) -> Option<Reply> {
+        Reply::deserialize_json(std::str::from_utf8(body).ok()?.trim()).ok()
+    }
+}
+
+/// `status` values with a meaning the shipper acts on.
+pub mod status {
+    pub const STORED: &str = "stored";
+    pub const PRESENT: &str = "present";
+    pub const CONFLICT: &str = "conflict";
+    pub const DIGEST_MISMATCH: &str = "digest_mismatch";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/v1/ping"), Ok(Route::Ping));
+        assert_eq!(
+            route("PUT", "/v1/episodes/lab-01/ep.1"),
+            Ok(Route::Episode {
+                host_id: "lab-01".into(),
+                episode_id: "ep.1".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/ping"),
+            Err(RouteError::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            route("GET", "/v1/episodes/a/b"),
+            Err(RouteError::MethodNotAllowed("PUT"))
+        );
+        assert_eq!(route("PUT", "/v2/x"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn hostile_paths_are_400() {
+        for t in [
+            "/v1/episodes/a/..",
+            "/v1/episodes/a/.",
+            "/v1/episodes/a/%2e%2e",
+            "/v1/episodes/a/..%2f",
+            "/v1/episodes/a/%252e%252e%252f",
+            "/v1/episodes/a%2fb/c",
+            "/v1/episodes/a/b%5cc",
+            "/v1/episodes/a/b\\c",
+            "/v1/episodes/a/b%00",
+            "/v1/episodes/a/%c0%ae",
+            "/v1/episodes/a/%",
+            "/v1/episodes/a/%1",
+            "/v1/episodes//b",
+            "/v1/episodes/a/b/",
+            "/v1/episodes/a",
+            "/v1/episodes/a/b/c",
+            "/v1/episodes/a/b?x=1",
+            "/v1/episodes/a/b#f",
+            "/v1/episodes/a/-rf",
+            "http://x/v1/ping",
+            "*",
+        ] {
+            assert!(
+                matches!(route("PUT", t), Err(RouteError::BadPath(_))),
+                "{t}: {:?}",
+                route("PUT", t)
+            );
+        }
+        let long = format!("/v1/episodes/a/{}", "x".repeat(129));
+        assert!(matches!(route("PUT", &long), Err(RouteError::BadPath(_))));
+        let ok = format!("/v1/episodes/a/{}", "x".repeat(128));
+        assert!(route("PUT", &ok).is_ok());
+    }
+
+    #[test]
+    fn base64_round_trip_and_strictness() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar"] {
+            assert_eq!(base64_decode(&base64_encode(data)).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        for bad in [
+            "Zm8",
+            "Zm9=",
+            "Z===",
+            "Zm=8",
+            "Zm8=Zm8=",
+            "Zm8*",
+            "Zm9v YmFy",
+        ] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_digest_parsing() {
+        let d = [7u8; 32];
+        let v = content_digest(&d);
+        assert_eq!(parse_content_digest(&v), Ok(d));
+        let multi = format!("sha-512=:AAAA:, {v}");
+        assert_eq!(parse_content_digest(&multi), Ok(d));
+        assert!(parse_content_digest("sha-512=:AAAA:").is_err());
+        assert!(parse_content_digest(&format!("{v},{v}")).is_err());
+        assert!(parse_content_digest("sha-256=AAAA").is_err());
+        assert!(parse_content_digest("sha-256=:AAAA:").is_err()); // 3 bytes
+        assert!(parse_content_digest("sha-256=:!!!!:").is_err());
+        assert!(parse_content_digest("").is_err());
+    }
+
+    #[test]
+    fn reply_json_round_trip() {
+        let r = Reply::status(status::CONFLICT)
+            .with_sha256("ab".repeat(32))
+            .with_message("x \"quoted\"");
+        let back = Reply::from_json(r.to_json().as_bytes()).unwrap();
+        assert_eq!(back, r);
+        let minimal = Reply::from_json(br#"{"status":"stored"}"#).unwrap();
+        assert_eq!(minimal.status, "stored");
+        assert_eq!(minimal.sha256, None);
+    }
+}

@@ -1,0 +1,174 @@
+//! `cis490-receiver`'s command line: parse arguments (no I/O), then load the
+//! configuration and serve. `--help`/`--version` return before any file is
+//! read.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use crate::config::{ReceiverConfig, RECEIVER_DEFAULT_PATH};
+use crate::receiver::server::{self, Shared};
+use crate::receiver::store::Store;
+use crate::{error, exit, info, tls};
+
+const HELP: &str = "\
+cis490-receiver: store episode uploads from cis490-shipper, atomically and exactly once
+
+USAGE:
+    cis490-receiver [--config PATH]
+
+OPTIONS:
+    --config PATH   configuration file [default: /etc/cis490/receiver.toml]
+    -h, --help      print this help
+    -V, --version   print the version
+
+Runs until SIGTERM or SIGINT, then finishes running requests (up to 20 s).
+Logs one line per request to stderr (journald priorities under systemd);
+`listening on https://ADDR:PORT` says it is ready.
+
+CONFIGURATION (TOML; unknown keys are errors):
+    listen            TLS listener, IP:PORT (e.g. \"[::]:8443\")
+    listen_plain      optional plain-HTTP listener for a TLS proxy; loopback only
+    store_dir         where <host_id>/<episode_id>.tar.zst files go
+    cert_file         server certificate chain (PEM); required with listen
+    key_file          its private key (PEM)
+    client_ca_file    set: client certificates from this CA are required, and
+                      each must name its host id as a DNS SAN
+    max_body_bytes    largest upload accepted [default: 68719476736 (64 GiB)]
+    max_connections   concurrent connections; 503 beyond [default: 64]
+    head_timeout_s    total time for a handshake or request head [default: 10]
+    body_timeout_s    per body read and answer write [default: 60]
+    idle_timeout_s    keep-alive wait for the next request [default: 30]
+    [hosts]           \"HOST_ID\" = \"<sha256 of its token, lowercase hex>\"
+
+EXIT CODES:
+    0 stopped by a signal    64 usage error    69 cannot listen
+    70 internal error        78 configuration error
+";
+
+enum Command {
+    Help,
+    Version,
+    Serve { config: PathBuf },
+}
+
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut config = PathBuf::from(RECEIVER_DEFAULT_PATH);
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long("config") => config = parser.value()?.into(),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::Serve { config })
+}
+
+pub fn main() -> ExitCode {
+    crate::log::init("cis490-receiver");
+    let cmd = match parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cis490-receiver: {e}\nTry `cis490-receiver --help`.");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let config = match cmd {
+        Command::Help => {
+            print!("{HELP}");
+            return ExitCode::from(exit::OK);
+        }
+        Command::Version => {
+            println!("cis490-receiver {}", crate::VERSION);
+            return ExitCode::from(exit::OK);
+        }
+        Command::Serve { config } => config,
+    };
+    let config = match ReceiverConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let tls = match &config.tls_identity {
+        None => None,
+        Some((cert, key)) => {
+            match tls::server_config(cert, key, config.client_ca_file.as_deref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    error!("{}: {e}", config.path.display());
+                    return ExitCode::from(exit::CONFIG);
+                }
+            }
+        }
+    };
+    let store = match Store::open(&config.store_dir) {
+        Ok((s, removed)) => {
+            if removed > 0 {
+                info!("removed {removed} unfinished upload(s) left by an earlier run");
+            }
+            s
+        }
+        Err(e) => {
+            error!("store_dir: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    info!(
+        "cis490-receiver {} storing in {} for {} host(s){}",
+        crate::VERSION,
+        config.store_dir.display(),
+        config.hosts.len(),
+        if config.client_ca_file.is_some() {
+            ", client certificates required"
+        } else {
+            ""
+        }
+    );
+    let shared = Shared {
+        config,
+        store,
+        tls,
+        active: AtomicUsize::new(0),
+        busy_answerers: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+    };
+    match server::serve(shared) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e @ server::ServeError::Bind(..)) => {
+            error!("{e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(exit::SOFTWARE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Command, lexopt::Error> {
+        parse(a.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn arguments() {
+        assert!(
+            matches!(args(&[]), Ok(Command::Serve { config }) if config == PathBuf::from(RECEIVER_DEFAULT_PATH))
+        );
+        assert!(
+            matches!(args(&["--config", "/x"]), Ok(Command::Serve { config }) if config == PathBuf::from("/x"))
+        );
+        assert!(matches!(args(&["--help", "--bogus"]), Ok(Command::Help)));
+        assert!(args(&["--bogus"]).is_err());
+        assert!(args(&["--config"]).is_err());
+    }
+}

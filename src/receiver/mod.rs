@@ -1,0 +1,10 @@
+//! The central node's side: a TLS (and optionally loopback plain-HTTP)
+//! server on std threads that stores uploads atomically and idempotently.
+//!
+//! `server` owns the listeners, the thread-per-connection limit and the
+//! shutdown; `conn` speaks HTTP on one connection; `store` owns the files.
+
+pub mod cli;
+pub mod conn;
+pub mod server;
+pub mod store;

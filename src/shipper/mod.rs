@@ -1,0 +1,33 @@
+//! The lab host's side: one pass over finished episodes (`--once`), or a
+//! connectivity check (`--ping`). Single-threaded, no async, no daemon:
+//! systemd's timer schedules passes.
+//!
+//! `cli` parses arguments and maps outcomes to exit codes; `ping` checks the
+//! path stage by stage; `queue` is the on-disk state machine; `pack` turns a
+//! directory into a tar.zst while hashing; `client` speaks HTTP over TLS;
+//! `progress` draws a live line on a terminal.
+
+pub mod cli;
+pub mod client;
+pub mod pack;
+pub mod ping;
+pub mod progress;
+pub mod queue;
+
+use crate::config::ShipperConfig;
+use crate::tls::{self, TlsError};
+use client::Endpoint;
+
+/// The receiver endpoint described by a config, with its TLS setup loaded.
+pub fn endpoint(cfg: &ShipperConfig) -> Result<Endpoint, TlsError> {
+    let client_auth = cfg
+        .client_auth
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()));
+    Ok(Endpoint {
+        url: cfg.receiver.clone(),
+        tls: tls::client_config(cfg.ca_file.as_deref(), client_auth)?,
+        connect_timeout: cfg.connect_timeout,
+        io_timeout: cfg.io_timeout,
+    })
+}

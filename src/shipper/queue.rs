@@ -1,0 +1,688 @@
+//! One `--once` pass: the on-disk state machine, mirroring docs/transport.md.
+//!
+//! ```text
+//! episodes/<id>/done.marker
+//!     | pack: tar -> zstd -> HashingWriter -> outbox/<id>.tar.zst.partial
+//!     |       fsync; write outbox/<id>.tar.zst.sha256 (tmp, fsync, rename)
+//!     |       rename .partial -> outbox/<id>.tar.zst; fsync outbox/
+//!     v
+//! PUT /v1/episodes/<host>/<id>  (Content-Digest from the sidecar; no re-read)
+//!     +-- 201/200 -> rename episodes/<id> -> shipped/<id>; fsync both dirs
+//!     |              delete tarball + sidecar; fsync outbox/
+//!     +-- 409     -> outbox/<id>.conflict; skipped until an operator removes it
+//!     +-- 400 digest_mismatch -> delete tarball + sidecar: repack next pass
+//!     +-- 401/403 -> stop the pass (exit 77)
+//!     +-- 5xx, network, timeout -> keep everything; next pass retries (75)
+//!     +-- other 4xx -> keep everything; counted as rejected (65)
+//! ```
+//! Every step is idempotent, so a crash anywhere is finished by the next
+//! pass: a `.partial` is never uploaded and is removed at the start of a
+//! pass, a tarball is never repacked while it exists, and a repeated PUT of
+//! bytes the receiver already holds gets 200.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use crate::config::ShipperConfig;
+use crate::fsutil::{self, remove_if_exists, sync_dir};
+use crate::hashing::{self, to_hex};
+use crate::protocol::{self, status};
+use crate::shipper::client::{Body, ClientError, Connection, Endpoint, Response};
+use crate::shipper::pack::{self, PackOptions};
+use crate::shipper::progress::Progress;
+use crate::{error, exit, fault, ids, info, timefmt, warn};
+
+const MARKER: &str = "done.marker";
+
+/// Counts for the summary line and the exit code.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub ready: usize,
+    pub stored: usize,
+    pub already_present: usize,
+    pub conflicts: usize,
+    pub rejected: usize,
+    pub invalid_names: usize,
+    pub retry: usize,
+    pub compressed_bytes: u64,
+    /// Set when the pass stopped early; the exit code it calls for.
+    pub stopped: Option<u8>,
+}
+
+impl Summary {
+    /// 77/69 from a stopped pass first; then 65 (a human is needed) over
+    /// 75 (the next pass may fix it), as the units' OnFailure= expects.
+    pub fn exit_code(&self) -> u8 {
+        match self.stopped {
+            Some(c) if c != exit::TEMPFAIL => c,
+            _ if self.conflicts + self.rejected + self.invalid_names > 0 => exit::DATAERR,
+            _ if self.retry > 0 || self.stopped.is_some() => exit::TEMPFAIL,
+            _ => exit::OK,
+        }
+    }
+}
+
+/// Paths of one data_dir.
+struct Dirs {
+    episodes: PathBuf,
+    outbox: PathBuf,
+    shipped: PathBuf,
+}
+
+impl Dirs {
+    fn tarball(&self, id: &str) -> PathBuf {
+        self.outbox.join(format!("{id}.tar.zst"))
+    }
+    fn partial(&self, id: &str) -> PathBuf {
+        self.outbox.join(format!("{id}.tar.zst.partial"))
+    }
+    fn sidecar(&self, id: &str) -> PathBuf {
+        self.outbox.join(format!("{id}.tar.zst.sha256"))
+    }
+    fn conflict(&self, id: &str) -> PathBuf {
+        self.outbox.join(format!("{id}.conflict"))
+    }
+}
+
+/// Why a pass could not start.
+#[derive(Debug)]
+pub enum PassError {
+    /// data_dir missing or unusable: a configuration problem (78).
+    DataDir(String),
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassError::DataDir(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs one pass. `Ok(None)`: another pass holds the lock, nothing done.
+pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, PassError> {
+    let data = &cfg.data_dir;
+    let meta = fs::metadata(data).map_err(|e| {
+        PassError::DataDir(format!(
+            "{}: data_dir {}: {e} (create it, or fix data_dir)",
+            cfg.path.display(),
+            data.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(PassError::DataDir(format!(
+            "{}: data_dir {} is not a directory",
+            cfg.path.display(),
+            data.display()
+        )));
+    }
+    let lock_path = data.join(".lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| PassError::DataDir(format!("cannot open {}: {e}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            info!("another pass holds {}; nothing to do", lock_path.display());
+            return Ok(None);
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(PassError::DataDir(format!(
+                "cannot lock {}: {e}",
+                lock_path.display()
+            )));
+        }
+    }
+    let dirs = Dirs {
+        episodes: data.join("episodes"),
+        outbox: data.join("outbox"),
+        shipped: data.join("shipped"),
+    };
+    for d in [&dirs.episodes, &dirs.outbox, &dirs.shipped] {
+        fs::create_dir_all(d)
+            .map_err(|e| PassError::DataDir(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let started = Instant::now();
+    let mut pass = Pass {
+        cfg,
+        ep,
+        dirs,
+        conn: None,
+        summary: Summary::default(),
+    };
+    if let Err(e) = pass.tidy_outbox() {
+        warn!("tidying {}: {e}", pass.dirs.outbox.display());
+    }
+    let ready = pass.scan().map_err(|e| {
+        PassError::DataDir(format!("cannot list {}: {e}", pass.dirs.episodes.display()))
+    })?;
+    pass.summary.ready = ready.len();
+    for id in &ready {
+        pass.episode(id);
+        if pass.summary.stopped.is_some() {
+            break;
+        }
+    }
+    if let Some(c) = pass.conn.take() {
+        c.close();
+    }
+    let s = &pass.summary;
+    info!(
+        "pass done: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s",
+        s.ready,
+        s.stored,
+        s.already_present,
+        s.conflicts,
+        s.rejected,
+        s.invalid_names,
+        s.retry,
+        s.compressed_bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    drop(lock); // the flock goes with the descriptor (and with the process on kill -9)
+    Ok(Some(pass.summary))
+}
+
+struct Pass<'a> {
+    cfg: &'a ShipperConfig,
+    ep: &'a Endpoint,
+    dirs: Dirs,
+    conn: Option<Connection>,
+    summary: Summary,
+}
+
+/// A finished tarball ready to upload.
+struct Tarball {
+    path: PathBuf,
+    sha256: [u8; 32],
+    size: u64,
+    /// Set when packed in this pass: raw bytes and seconds.
+    packed: Option<(u64, f64)>,
+}
+
+/// What became of one upload attempt.
+enum Upload {
+    Answer(Response, f64),
+    /// The pass cannot go on (receiver unreachable, TLS): exit code.
+    Stop(u8, ClientError),
+    /// This episode failed in transit; others may still go.
+    Failed(ClientError),
+}
+
+impl Pass<'_> {
+    /// Removes what a crash left behind; see docs/transport.md.
+    fn tidy_outbox(&mut self) -> io::Result<()> {
+        let mut changed = false;
+        for entry in fs::read_dir(&self.dirs.outbox)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(".partial") || name.ends_with(".tmp") {
+                // Never uploaded, never renamed: a crash mid-pack. Repacked below.
+                info!("removing unfinished {}", path.display());
+                changed |= remove_if_exists(&path)?;
+            } else if let Some(id) = name.strip_suffix(".tar.zst.sha256") {
+                if !self.dirs.tarball(id).exists() {
+                    changed |= remove_if_exists(&path)?;
+                }
+            } else if let Some(id) = name.strip_suffix(".tar.zst") {
+                let in_episodes = self.dirs.episodes.join(id).exists();
+                if !in_episodes && self.dirs.shipped.join(id).exists() {
+                    // Crash after the retire, before the outbox delete.
+                    changed |= remove_if_exists(&path)?;
+                    remove_if_exists(&self.dirs.sidecar(id))?;
+                } else if !in_episodes {
+                    warn!(
+                        "{} has no episode in episodes/ or shipped/; leaving it for an operator",
+                        path.display()
+                    );
+                }
+            } else if !name.ends_with(".conflict") {
+                warn!(
+                    "unexpected file {} in outbox/; leaving it alone",
+                    path.display()
+                );
+            }
+        }
+        if changed {
+            sync_dir(&self.dirs.outbox)?;
+        }
+        Ok(())
+    }
+
+    /// Finished episodes, oldest marker first (then by name, for ties).
+    fn scan(&mut self) -> io::Result<Vec<String>> {
+        let mut ready = Vec::new();
+        for entry in fs::read_dir(&self.dirs.episodes)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let marker = entry.path().join(MARKER);
+            let Ok(m) = fs::symlink_metadata(&marker) else {
+                continue;
+            };
+            if !ids::is_valid(&name) {
+                warn!(
+                    "skipping episodes/{name}: not a valid episode id ({}); rename the directory to ship it",
+                    ids::RULE
+                );
+                self.summary.invalid_names += 1;
+                continue;
+            }
+            ready.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name));
+        }
+        ready.sort();
+        Ok(ready.into_iter().map(|(_, n)| n).collect())
+    }
+
+    fn episode(&mut self, id: &str) {
+        let conflict = self.dirs.conflict(id);
+        if conflict.exists() {
+            error!(
+                "{id}: in conflict with the receiver; not shipping until an operator resolves it and removes {}",
+                conflict.display()
+            );
+            self.summary.conflicts += 1;
+            return;
+        }
+        let tarball = match self.prepare(id) {
+            Ok(t) => t,
+            Err(e) => {
+                error!("{id}: {e}; will retry next pass");
+                self.summary.retry += 1;
+                return;
+            }
+        };
+        let (resp, secs) = match self.upload(id, &tarball) {
+            Upload::Answer(r, secs) => (r, secs),
+            Upload::Stop(code, e) => {
+                error!("{id}: {e}; stopping this pass ({})", e.hint());
+                self.summary.stopped = Some(code);
+                return;
+            }
+            Upload::Failed(e) => {
+                error!("{id}: upload failed: {e}; will retry next pass");
+                self.summary.retry += 1;
+                return;
+            }
+        };
+        let outcome = match resp.status {
+            201 => "stored",
+            200 => "already present",
+            _ => "",
+        };
+        let sizes = match tarball.packed {
+            Some((raw, pack_secs)) => format!(
+                "{:.1} MB raw -> {:.1} MB ({:.0}%), packed in {pack_secs:.1}s,",
+                raw as f64 / 1e6,
+                tarball.size as f64 / 1e6,
+                tarball.size as f64 * 100.0 / raw.max(1) as f64
+            ),
+            None => format!("{:.1} MB (packed earlier),", tarball.size as f64 / 1e6),
+        };
+        let rate = tarball.size as f64 / secs.max(1e-6) / 1e6;
+        match resp.status {
+            200 | 201 => {
+                if let Err(e) = self.retire(id) {
+                    error!("{id}: the receiver has it, but retiring it locally failed: {e}; the next pass finishes");
+                    self.summary.retry += 1;
+                    return;
+                }
+                info!(
+                    "{id}: {outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {}",
+                    to_hex(&tarball.sha256)
+                );
+                self.summary.compressed_bytes += tarball.size;
+                if resp.status == 201 {
+                    self.summary.stored += 1;
+                } else {
+                    self.summary.already_present += 1;
+                }
+            }
+            409 => {
+                let theirs = resp
+                    .reply
+                    .as_ref()
+                    .and_then(|r| r.sha256.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                let ours = to_hex(&tarball.sha256);
+                let text = format!(
+                    "episode: {id}\nlocal_sha256: {ours}\nreceiver_sha256: {theirs}\ntime: {}\n\
+                     The receiver holds other bytes under this id. Compare the two, keep the right one\n\
+                     (see docs/transport.md, \"Conflicts\"), then delete this file to ship again.\n",
+                    timefmt::now()
+                );
+                if let Err(e) = write_durably(&conflict, text.as_bytes()) {
+                    error!("{id}: cannot write {}: {e}", conflict.display());
+                }
+                error!(
+                    "{id}: conflict: the receiver holds sha256 {theirs}, ours is {ours}; quarantined, remove {} after resolving",
+                    conflict.display()
+                );
+                self.summary.conflicts += 1;
+            }
+            400 if resp
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.status == status::DIGEST_MISMATCH) =>
+            {
+                // Our recorded digest or the tarball is wrong: trust neither.
+                warn!("{id}: receiver says the body does not match its digest ({}); repacking next pass", resp.explain());
+                let _ = remove_if_exists(&tarball.path);
+                let _ = remove_if_exists(&self.dirs.sidecar(id));
+                let _ = sync_dir(&self.dirs.outbox);
+                self.summary.retry += 1;
+            }
+            401 | 403 => {
+                error!(
+                    "{id}: receiver refused our credentials ({} {}): check token_file and cert_file for host {}; stopping this pass",
+                    resp.status,
+                    resp.explain(),
+                    self.cfg.host_id
+                );
+                self.summary.stopped = Some(exit::NOPERM);
+            }
+            503 | 507 => {
+                warn!(
+                    "{id}: receiver answered {} ({}); stopping this pass, the next one retries",
+                    resp.status,
+                    resp.explain()
+                );
+                self.summary.retry += 1;
+                self.summary.stopped = Some(exit::TEMPFAIL);
+            }
+            s if s >= 500 || s == 408 => {
+                warn!(
+                    "{id}: receiver answered {s} ({}); will retry next pass",
+                    resp.explain()
+                );
+                self.summary.retry += 1;
+            }
+            s => {
+                error!(
+                    "{id}: receiver rejected the upload with {s}: {}; keeping everything",
+                    resp.explain()
+                );
+                self.summary.rejected += 1;
+            }
+        }
+    }
+
+    /// The tarball for `id`: the one in outbox/ if a pass already made it,
+    /// else packed now.
+    fn prepare(&mut self, id: &str) -> Result<Tarball, String> {
+        let path = self.dirs.tarball(id);
+        let sidecar = self.dirs.sidecar(id);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.len() == 0 {
+                warn!("{}: empty tarball; repacking", path.display());
+                remove_if_exists(&path).map_err(|e| e.to_string())?;
+            } else if let Some(sha256) = read_sidecar(&sidecar) {
+                return Ok(Tarball {
+                    path,
+                    sha256,
+                    size: meta.len(),
+                    packed: None,
+                });
+            } else {
+                // A tarball without a trustworthy digest: hash it once.
+                info!("{}: no recorded digest; hashing it", path.display());
+                let (sha256, size) = hashing::sha256_file(&path)
+                    .map_err(|e| format!("hashing {}: {e}", path.display()))?;
+                write_durably(&sidecar, sidecar_line(&sha256, id).as_bytes())
+                    .map_err(|e| format!("writing {}: {e}", sidecar.display()))?;
+                return Ok(Tarball {
+                    path,
+                    sha256,
+                    size,
+                    packed: None,
+                });
+            }
+        }
+        self.pack(id)
+    }
+
+    fn pack(&mut self, id: &str) -> Result<Tarball, String> {
+        fault::point("pack.start");
+        let dir = self.dirs.episodes.join(id);
+        let partial = self.dirs.partial(id);
+        let final_path = self.dirs.tarball(id);
+        let sidecar = self.dirs.sidecar(id);
+        remove_if_exists(&partial).map_err(|e| format!("removing {}: {e}", partial.display()))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| format!("creating {}: {e}", partial.display()))?;
+        let started = Instant::now();
+        let opts = PackOptions {
+            level: self.cfg.compression_level,
+            threads: self.cfg.compression_threads,
+        };
+        let mut progress = Progress::new(&format!("{id}: packing"), None);
+        let mut mid_hit = false;
+        let result = pack::pack_episode(&dir, id, file, &opts, &mut |raw| {
+            progress.update(raw);
+            if !mid_hit && raw > 0 {
+                mid_hit = true;
+                fault::point("pack.mid_write");
+            }
+        });
+        progress.finish();
+        let cleanup = |msg: String| {
+            let _ = remove_if_exists(&partial);
+            msg
+        };
+        let (file, packed) = result.map_err(|e| {
+            if e.is_no_space() {
+                cleanup(format!(
+                    "packing: {e} (free space in {})",
+                    self.dirs.outbox.display()
+                ))
+            } else {
+                cleanup(format!("packing: {e}"))
+            }
+        })?;
+        for w in &packed.warnings {
+            warn!("{id}: {w}");
+        }
+        fsutil::sync_file(&file)
+            .map_err(|e| cleanup(format!("syncing {}: {e}", partial.display())))?;
+        drop(file);
+        fault::point("pack.after_fsync");
+        write_durably(&sidecar, sidecar_line(&packed.sha256, id).as_bytes())
+            .map_err(|e| cleanup(format!("writing {}: {e}", sidecar.display())))?;
+        fault::point("pack.after_sidecar");
+        fs::rename(&partial, &final_path)
+            .map_err(|e| cleanup(format!("renaming {}: {e}", partial.display())))?;
+        fault::point("pack.after_rename");
+        sync_dir(&self.dirs.outbox)
+            .map_err(|e| format!("syncing {}: {e}", self.dirs.outbox.display()))?;
+        fault::point("pack.after_dirfsync");
+        Ok(Tarball {
+            path: final_path,
+            sha256: packed.sha256,
+            size: packed.compressed_bytes,
+            packed: Some((packed.raw_bytes, started.elapsed().as_secs_f64())),
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, ClientError> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_reusable()) {
+            if let Some(c) = self.conn.take() {
+                c.close();
+            }
+        }
+        if self.conn.is_none() {
+            let c = self.ep.open()?;
+            fault::point("up.after_connect");
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("set just above"))
+    }
+
+    fn upload(&mut self, id: &str, t: &Tarball) -> Upload {
+        let (cfg, ep) = (self.cfg, self.ep);
+        let mut retried = false;
+        loop {
+            let started = Instant::now();
+            let reused = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.is_reusable() && c.requests() > 0);
+            let conn = match self.connection() {
+                Ok(c) => c,
+                // Cannot even connect: every later episode would fail too.
+                Err(e) => {
+                    return Upload::Stop(
+                        if e.is_tls() {
+                            exit::UNAVAILABLE
+                        } else {
+                            exit::TEMPFAIL
+                        },
+                        e,
+                    )
+                }
+            };
+            let mut file = match File::open(&t.path) {
+                Ok(f) => f,
+                Err(e) => {
+                    return Upload::Failed(ClientError::Io {
+                        stage: crate::shipper::client::Stage::Send,
+                        source: io::Error::new(
+                            e.kind(),
+                            format!("opening {}: {e}", t.path.display()),
+                        ),
+                        before_response: false,
+                    })
+                }
+            };
+            let auth = format!("Bearer {}", cfg.token.expose());
+            let digest = protocol::content_digest(&t.sha256);
+            let target = protocol::episode_path(&cfg.host_id, id);
+            let mut progress = Progress::new(&format!("{id}: uploading"), Some(t.size));
+            let result = conn.request(
+                "PUT",
+                &target,
+                &ep.url.authority(),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", protocol::CONTENT_TYPE),
+                    ("Content-Digest", &digest),
+                ],
+                Some(Body {
+                    reader: &mut file,
+                    len: t.size,
+                }),
+                &mut |n| progress.update(n),
+            );
+            progress.finish();
+            match result {
+                Ok(r) => return Upload::Answer(r, started.elapsed().as_secs_f64()),
+                Err(e) if reused && !retried && e.is_stale_connection() => {
+                    // The receiver closed the kept-alive connection as we
+                    // reused it. A repeated PUT is safe: same bytes get 200.
+                    info!("{id}: kept-alive connection was closed by the receiver; retrying on a new one");
+                    self.conn = None;
+                    retried = true;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    if e.is_tls() {
+                        return Upload::Stop(exit::UNAVAILABLE, e);
+                    }
+                    return Upload::Failed(e);
+                }
+            }
+        }
+    }
+
+    /// Moves the episode to shipped/ and deletes its tarball: the receiver
+    /// has confirmed it holds these exact bytes.
+    fn retire(&mut self, id: &str) -> io::Result<()> {
+        let from = self.dirs.episodes.join(id);
+        let to = self.dirs.shipped.join(id);
+        if to.exists() {
+            // shipped/<id> from an earlier pass and the receiver just
+            // confirmed identical bytes: the second copy may go.
+            warn!("{id}: shipped/{id} already exists; removing the duplicate in episodes/");
+            fs::remove_dir_all(&from)?;
+        } else {
+            fs::rename(&from, &to)?;
+        }
+        fault::point("ship.after_rename");
+        sync_dir(&self.dirs.episodes)?;
+        sync_dir(&self.dirs.shipped)?;
+        fault::point("ship.after_dirfsync");
+        remove_if_exists(&self.dirs.tarball(id))?;
+        fault::point("clean.after_unlink");
+        remove_if_exists(&self.dirs.sidecar(id))?;
+        sync_dir(&self.dirs.outbox)
+    }
+}
+
+fn sidecar_line(sha256: &[u8; 32], id: &str) -> String {
+    format!("{}  {id}.tar.zst\n", to_hex(sha256))
+}
+
+fn read_sidecar(path: &Path) -> Option<[u8; 32]> {
+    let text = fs::read_to_string(path).ok()?;
+    let hex = text.split_whitespace().next()?;
+    crate::auth::TokenHash::from_hex(hex).map(|h| h.0)
+}
+
+/// Writes a small file so that it is either absent or complete: tmp,
+/// fsync, rename. (The directory fsync comes with the next step.)
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        fsutil::sync_file(&f)?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_precedence() {
+        let mut s = Summary::default();
+        assert_eq!(s.exit_code(), exit::OK);
+        s.retry = 1;
+        assert_eq!(s.exit_code(), exit::TEMPFAIL);
+        s.conflicts = 1;
+        assert_eq!(s.exit_code(), exit::DATAERR, "65 wins over 75");
+        s.stopped = Some(exit::NOPERM);
+        assert_eq!(s.exit_code(), exit::NOPERM);
+        let s = Summary {
+            stopped: Some(exit::TEMPFAIL),
+            ..Summary::default()
+        };
+        assert_eq!(s.exit_code(), exit::TEMPFAIL);
+        let s = Summary {
+            invalid_names: 1,
+            ..Summary::default()
+        };
+        assert_eq!(s.exit_code(), exit::DATAERR);
+    }
+}

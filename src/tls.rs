@@ -1,0 +1,344 @@
+//! TLS for both sides: one function builds each side's rustls config from
+//! the configured files, and one binds a client certificate to a host id.
+//!
+//! TLS 1.2 and 1.3 only (rustls has nothing older), the ring provider chosen
+//! explicitly, no `dangerous()` verifier anywhere, and no key log (rustls
+//! ignores `SSLKEYLOGFILE` unless a `KeyLogFile` is installed; we never do).
+//! PEM is read through `rustls::pki_types::pem::PemObject`, whose errors do
+//! not name the file, so every error here adds the path.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::ids;
+
+/// A TLS setup problem: which file, what is wrong.
+#[derive(Debug)]
+pub struct TlsError {
+    pub path: Option<PathBuf>,
+    pub message: String,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "{}: {}", p.display(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError {
+        path: Some(path.to_owned()),
+        message: message.into(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// All certificates in a PEM file; at least one.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read certificates: {}", pem_error(&e))))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, format!("invalid PEM: {}", pem_error(&e))))?;
+    if certs.is_empty() {
+        return Err(file_err(
+            path,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1). The error never
+/// includes key material.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => file_err(
+            path,
+            "holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+        ),
+        e => file_err(
+            path,
+            format!("cannot read the private key: {}", pem_error(&e)),
+        ),
+    })
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM section found".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_err(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// The shipper's config: trust `ca_file` (or the public webpki roots) and,
+/// when given, present a client certificate.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    client_auth: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca_file {
+        Some(p) => roots_from(p)?,
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError {
+            path: None,
+            message: format!("TLS setup: {e}"),
+        })?
+        .with_root_certificates(roots);
+    let config = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = load_certs(cert)?;
+            let key_der = load_key(key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// The receiver's config: its certificate and key, and, with `client_ca`,
+/// client certificates from that CA required in the handshake.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError {
+            path: None,
+            message: format!("TLS setup: {e}"),
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider())
+                    .build()
+                    .map_err(|e| {
+                        file_err(ca, format!("cannot verify clients with this CA: {e}"))
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    let config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+    Ok(Arc::new(config))
+}
+
+/// Whether a (chain-verified) client certificate names exactly `host_id`.
+///
+/// rustls-webpki matches SAN dNSNames ignoring case and accepting wildcards.
+/// Case is harmless (the token pins the host byte for byte), wildcards are
+/// not: `*.lab.example` would authorise every host under it. webpki only
+/// supports a wildcard as the whole leftmost label, so a certificate that is
+/// also valid for a sibling name no real host would use carries a wildcard,
+/// and is refused.
+pub fn cert_names_host(cert: &CertificateDer<'_>, host_id: &str) -> Result<(), &'static str> {
+    if !ids::is_dns_name(host_id) {
+        return Err("the host id is not a DNS name, so no certificate can name it");
+    }
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|_| "the client certificate cannot be parsed")?;
+    let name = ServerName::try_from(host_id).map_err(|_| "the host id is not a DNS name")?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| "the client certificate is not issued for this host id")?;
+    if let Some((_, parent)) = host_id.split_once('.') {
+        let probe = format!("cis490-wildcard-probe.{parent}");
+        if let Ok(probe) = ServerName::try_from(probe.as_str()) {
+            if ee.verify_is_valid_for_subject_name(&probe).is_ok() {
+                return Err("the client certificate has a wildcard name; host certificates must name one host");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Subject and expiry of a certificate, for `--ping`'s report.
+pub struct CertSummary {
+    pub subject: String,
+    pub not_after: String,
+}
+
+/// Reads subject and notAfter from a DER certificate with a small DER walker
+/// (webpki does not expose them). `None` if the structure is unexpected; the
+/// ping then just says less.
+pub fn summarize(cert: &[u8]) -> Option<CertSummary> {
+    let (cert_body, _) = der::expect(cert, 0x30)?;
+    let (tbs, _) = der::expect(cert_body, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der::next(rest)?.2; // [0] version
+    }
+    rest = der::next(rest)?.2; // serialNumber
+    rest = der::next(rest)?.2; // signature algorithm
+    rest = der::next(rest)?.2; // issuer
+    let (validity, rest) = der::expect(rest, 0x30)?;
+    let (subject, _) = der::expect(rest, 0x30)?;
+    let (_, _, after_nb) = der::next(validity)?;
+    let (tag, not_after, _) = der::next(after_nb)?;
+    Some(CertSummary {
+        subject: der::name_to_string(subject),
+        not_after: der::time_to_string(tag, not_after)?,
+    })
+}
+
+mod der {
+    /// One TLV: (tag, contents, rest). Definite lengths only, as DER demands.
+    pub fn next(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let tag = *b.first()?;
+        let first = *b.get(1)?;
+        let (len, hdr) = if first < 0x80 {
+            (first as usize, 2)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let len = b
+                .get(2..2 + n)?
+                .iter()
+                .fold(0usize, |a, &x| a << 8 | x as usize);
+            (len, 2 + n)
+        };
+        let end = hdr.checked_add(len)?;
+        Some((tag, b.get(hdr..end)?, b.get(end..)?))
+    }
+
+    pub fn expect(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (t, body, rest) = next(b)?;
+        (t == tag).then_some((body, rest))
+    }
+
+    /// `CN=x, O=y` from a Name (RDNSequence), common attributes only.
+    pub fn name_to_string(mut name: &[u8]) -> String {
+        let mut parts = Vec::new();
+        while let Some((_, set, rest)) = next(name) {
+            name = rest;
+            let mut set = set;
+            while let Some((_, atv, more)) = next(set) {
+                set = more;
+                let Some((oid, after)) = expect(atv, 0x06) else {
+                    continue;
+                };
+                let Some((_, value, _)) = next(after) else {
+                    continue;
+                };
+                let label = match oid {
+                    [0x55, 0x04, 0x03] => "CN",
+                    [0x55, 0x04, 0x0a] => "O",
+                    [0x55, 0x04, 0x0b] => "OU",
+                    [0x55, 0x04, 0x06] => "C",
+                    _ => continue,
+                };
+                parts.push(format!("{label}={}", String::from_utf8_lossy(value)));
+            }
+        }
+        if parts.is_empty() {
+            "(empty subject)".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// UTCTime (0x17) or GeneralizedTime (0x18) as `YYYY-MM-DD HH:MM:SS UTC`.
+    pub fn time_to_string(tag: u8, t: &[u8]) -> Option<String> {
+        let s = std::str::from_utf8(t).ok()?;
+        let (year, rest) = match tag {
+            0x17 => {
+                let yy: u32 = s.get(..2)?.parse().ok()?;
+                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+            }
+            0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+            _ => return None,
+        };
+        let f = |r: std::ops::Range<usize>| rest.get(r);
+        Some(format!(
+            "{year:04}-{}-{} {}:{}:{} UTC",
+            f(0..2)?,
+            f(2..4)?,
+            f(4..6)?,
+            f(6..8)?,
+            f(8..10)?
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_sans(sans: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "lab-01");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 6);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn t4_certificate_binds_exactly_one_host() {
+        let c = cert_with_sans(&["lab-01.robots.example"]);
+        assert!(cert_names_host(&c, "lab-01.robots.example").is_ok());
+        // Case: webpki matches, and the token pins the spelling.
+        assert!(cert_names_host(&c, "LAB-01.robots.example").is_ok());
+        assert!(cert_names_host(&c, "lab-02.robots.example").is_err());
+        let wild = cert_with_sans(&["*.robots.example"]);
+        assert!(cert_names_host(&wild, "lab-01.robots.example").is_err());
+        let single = cert_with_sans(&["lab-01"]);
+        assert!(cert_names_host(&single, "lab-01").is_ok());
+        assert!(cert_names_host(&single, "lab_01").is_err());
+    }
+
+    #[test]
+    fn summary_reads_subject_and_expiry() {
+        let c = cert_with_sans(&["x"]);
+        let s = summarize(&c).unwrap();
+        assert_eq!(s.subject, "CN=lab-01");
+        assert!(s.not_after.starts_with("2031-05-06"), "{}", s.not_after);
+        assert!(summarize(b"\x30\x03\x02\x01").is_none());
+        assert!(summarize(&[]).is_none());
+    }
+}
