@@ -655,7 +655,7 @@ mod tests {
             format!("{PUT}: empty\r\n\r\n"),
             format!("{PUT}X\"y: 1\r\n\r\n"),
             format!("{PUT}X: a\0b\r\n\r\n"),
-            format!("PUT /x HTTP/1.1\r\n Host: x\r\n\r\n"),
+            "PUT /x HTTP/1.1\r\n Host: x\r\n\r\n".to_string(),
             format!("{PUT}X: caf\u{e9}\r\n\r\n"),
             format!("{PUT}NoColon\r\n\r\n"),
         ] {
