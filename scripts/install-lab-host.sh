@@ -1,0 +1,481 @@
+#!/usr/bin/env bash
+# Install cis490-shipper on a lab host: binary, config template, data
+# directories, systemd units, and the timer that runs `cis490-shipper --once`.
+#
+# Made to run next to one scp'd binary: no repository, no cargo, no network.
+# The units and the config template are embedded below (generated from etc/
+# by scripts/embed-templates.sh; tests/deploy.rs checks they match), so this
+# file plus the binary is all a lab host needs.
+#
+# Idempotent: running it again reinstalls the binary and units (same bytes,
+# same modes) and never touches an existing config, token, key or episode.
+set -euo pipefail
+
+PROG=install-lab-host
+NAME=cis490-shipper
+USER_NAME=cis490
+
+usage() {
+    cat <<EOF
+Usage: $PROG [OPTIONS]
+
+Install cis490-shipper and its systemd timer on this lab host.
+
+Options:
+  --binary PATH        the cis490-shipper binary (default: look next to this
+                       script, then in the current directory)
+  --host-id ID         host_id to write into a new /etc/cis490/shipper.toml
+  --receiver URL       receiver (https://HOST:PORT) for a new shipper.toml
+  --ca FILE            lab CA certificate -> /etc/cis490/tls/ca.crt
+  --cert FILE          this host's client certificate -> /etc/cis490/tls/host.crt
+  --key FILE           its private key -> /etc/cis490/tls/host.key
+  --token FILE         this host's token -> /etc/cis490/shipper.token
+  --recorder-user USER add USER (the process writing episodes) to group cis490
+  --no-enable          install the units but do not enable the timer
+  --dry-run            print what would be done, change nothing
+  --root DIR           install into DIR as if it were / (for tests and image
+                       builds): no useradd, chown or systemctl on this machine
+  -h, --help           this help
+
+Existing config, token, certificates and keys are never overwritten; to
+replace one, remove it first.
+EOF
+}
+
+die() {
+    printf '%s: error: %s\n' "$PROG" "$*" >&2
+    exit 1
+}
+note() { printf '%s: %s\n' "$PROG" "$*"; }
+
+# ---- arguments ------------------------------------------------------------
+
+BINARY=""
+HOST_ID=""
+RECEIVER=""
+CA_SRC=""
+CERT_SRC=""
+KEY_SRC=""
+TOKEN_SRC=""
+RECORDER_USER=""
+ENABLE=1
+DRY_RUN=0
+ROOT=""
+
+need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
+        --host-id) need_arg "$@"; HOST_ID=$2; shift 2 ;;
+        --receiver) need_arg "$@"; RECEIVER=$2; shift 2 ;;
+        --ca) need_arg "$@"; CA_SRC=$2; shift 2 ;;
+        --cert) need_arg "$@"; CERT_SRC=$2; shift 2 ;;
+        --key) need_arg "$@"; KEY_SRC=$2; shift 2 ;;
+        --token) need_arg "$@"; TOKEN_SRC=$2; shift 2 ;;
+        --recorder-user) need_arg "$@"; RECORDER_USER=$2; shift 2 ;;
+        --no-enable) ENABLE=0; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        --root) need_arg "$@"; ROOT=$2; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+
+# Values are written into TOML strings with sed: keep them to characters that
+# need no escaping in either.
+if [[ -n $HOST_ID && ! $HOST_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
+    die "--host-id '$HOST_ID': 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+fi
+if [[ -n $RECEIVER && ! $RECEIVER =~ ^https://[A-Za-z0-9.:\[\]-]+/?$ ]]; then
+    die "--receiver '$RECEIVER': expected https://HOST:PORT"
+fi
+for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC" "$TOKEN_SRC"; do
+    [[ -z $f || -r $f ]] || die "cannot read $f"
+done
+if [[ -n $CERT_SRC && -z $KEY_SRC ]] || [[ -z $CERT_SRC && -n $KEY_SRC ]]; then
+    die "--cert and --key go together"
+fi
+
+if [[ -n $ROOT ]]; then
+    [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
+    ROOT=$(cd "$ROOT" && pwd)
+    [[ $ROOT != / ]] || ROOT=""
+fi
+R=$ROOT
+
+# ---- prerequisites --------------------------------------------------------
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ARCH=$(uname -m)
+
+find_binary() {
+    local dir cand
+    for dir in "$SCRIPT_DIR" "$PWD"; do
+        for cand in "$NAME" "$NAME-$ARCH-unknown-linux-musl"; do
+            if [[ -f $dir/$cand ]]; then
+                printf '%s\n' "$dir/$cand"
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+
+if [[ -z $BINARY ]]; then
+    BINARY=$(find_binary) || die "no $NAME binary next to this script or in $PWD; pass --binary PATH"
+fi
+[[ -f $BINARY ]] || die "--binary $BINARY: no such file"
+# Running it is the architecture check: a binary for another CPU fails here
+# with "Exec format error" instead of at the first timer tick.
+[[ -x $BINARY ]] || chmod +x "$BINARY" 2>/dev/null || true
+version=$("$BINARY" --version 2>&1) || die "$BINARY does not run on this $ARCH machine: $version"
+[[ $version == "$NAME "* ]] || die "$BINARY --version printed '$version', not '$NAME <version>': wrong binary?"
+note "binary: $BINARY ($version)"
+
+if [[ -z $ROOT ]]; then
+    command -v systemctl >/dev/null || die "systemctl not found: this installer needs systemd (or use --root DIR)"
+    [[ -d /run/systemd/system ]] || die "systemd is not running on this machine (or use --root DIR)"
+    if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
+        die "run as root (sudo), or try --dry-run"
+    fi
+    command -v useradd >/dev/null || die "useradd not found"
+else
+    note "--root $ROOT: installing into that tree; user, ownership and systemd changes on this machine are skipped"
+fi
+
+# ---- actions --------------------------------------------------------------
+# Every change goes through one of these, so --dry-run and --root are decided
+# in one place.
+
+run() {
+    if [[ $DRY_RUN -eq 1 ]]; then
+        printf 'would run: %s\n' "$*"
+    else
+        printf '+ %s\n' "$*"
+        "$@"
+    fi
+}
+
+# Against the real system only: skipped (and said so) under --root.
+run_system() {
+    if [[ -n $ROOT ]]; then
+        printf 'skipped (--root): %s\n' "$*"
+    else
+        run "$@"
+    fi
+}
+
+# mkdir_owned DIR MODE OWNER:GROUP
+mkdir_owned() {
+    run install -d -m "$2" "$R$1"
+    run_system chown "$3" "$R$1"
+}
+
+# System directories (/usr/local/bin, /etc/systemd/system) are created if
+# missing but otherwise left as the distribution set them.
+ensure_system_dir() {
+    [[ -d $R$1 ]] || run install -d -m 0755 "$R$1"
+}
+
+# put_file SRC DEST MODE OWNER:GROUP: always replaced (binary, units).
+put_file() {
+    if [[ -f $R$2 ]] && cmp -s "$1" "$R$2" && [[ $(stat -c %a "$R$2") == "${3#0}" ]]; then
+        note "unchanged: $2"
+    else
+        run install -m "$3" "$1" "$R$2"
+    fi
+    run_system chown "$4" "$R$2"
+}
+
+# keep_or_put SRC DEST MODE OWNER:GROUP: never replaces an existing file.
+keep_or_put() {
+    if [[ -e $R$2 ]]; then
+        if cmp -s "$1" "$R$2"; then
+            note "unchanged: $2"
+        else
+            note "kept existing $2 (not overwritten; remove it first to replace it)"
+        fi
+        return 0
+    fi
+    run install -m "$3" "$1" "$R$2"
+    run_system chown "$4" "$R$2"
+}
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# ---- embedded templates ---------------------------------------------------
+# BEGIN EMBEDDED etc/cis490-shipper.service etc/cis490-shipper.timer etc/shipper.toml.example
+emit_etc_cis490_shipper_service() {
+    cat <<'CIS490_TEMPLATE_END'
+# cis490-shipper: one pass over the episode queue, started by
+# cis490-shipper.timer. Installed by scripts/install-lab-host.sh; see
+# docs/deploy.md for the ownership model and the exit-code table.
+[Unit]
+Description=CIS490 episode shipper (one pass)
+# Network must be configured (and the WireGuard/VPN route up, if any) before a
+# pass can reach the receiver; a pass that runs too early exits 69 or 75 and
+# the timer retries, so this is an optimisation, not a correctness need.
+Wants=network-online.target
+After=network-online.target
+# Alerting hook: a failed pass (65 conflict/rejected, 69 unreachable/TLS,
+# 77 auth refused, 78 config) can start a unit of your own, e.g. one that
+# mails the operator. %n expands to this unit's name.
+#OnFailure=cis490-alert@%n.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/cis490-shipper --once
+User=cis490
+Group=cis490
+# 75 (EX_TEMPFAIL) means "receiver busy or a transient error, try again on
+# the next tick": the next timer run is the retry, so it is not a failure.
+# 65/69/77/78 need a human and stay failures (visible in
+# `systemctl --failed` and to OnFailure=).
+SuccessExitStatus=75
+# A pass over a large backlog can take long on a slow uplink; the shipper has
+# its own connect/io timeouts, this only catches a wedged process.
+TimeoutStartSec=6h
+
+# Robots keep the machine: lowest CPU and I/O priority.
+Nice=19
+IOSchedulingClass=idle
+CPUWeight=10
+IOWeight=10
+
+# Files the shipper creates (tarballs, lock) are private to cis490; the
+# episode directories it moves keep the recorder's modes.
+UMask=0077
+
+# --- Sandbox ---------------------------------------------------------------
+# The whole file system is read-only except the data directory (episodes/,
+# outbox/, shipped/, .lock). Keep in sync with data_dir in shipper.toml.
+ProtectSystem=strict
+ReadWritePaths=/var/lib/cis490
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateIPC=yes
+ProtectHostname=yes
+PrivateMounts=yes
+ProtectClock=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectProc=invisible
+ProcSubset=pid
+# TCP to the receiver and UDP/TCP to the DNS resolver only. The binary logs to
+# stderr (the journal gets it through the pipe systemd sets up) and musl's
+# resolver speaks to nameservers directly, so no AF_UNIX socket is needed.
+RestrictAddressFamilies=AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+NoNewPrivileges=yes
+RemoveIPC=yes
+KeyringMode=private
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+CapabilityBoundingSet=
+AmbientCapabilities=
+DevicePolicy=closed
+# Not set, on purpose:
+# - PrivateUsers=yes: inside a user namespace the recorder's files would show
+#   up owned by "nobody", and the shipper records owners in the tar headers,
+#   so a tarball repacked by hand (outside the unit) would differ byte for
+#   byte from one packed by the unit.
+# - PrivateNetwork=/IPAddressDeny=: the shipper's job is to talk to the
+#   receiver. To pin it to the receiver's address, add a drop-in with
+#   IPAddressDeny=any and IPAddressAllow=<receiver IP> <DNS server IP>.
+
+[Install]
+# Enabled through the timer; nothing pulls the service in directly.
+CIS490_TEMPLATE_END
+}
+emit_etc_cis490_shipper_timer() {
+    cat <<'CIS490_TEMPLATE_END'
+# Schedules cis490-shipper.service: the shipper has no loop of its own.
+[Unit]
+Description=Run the CIS490 episode shipper every few minutes
+
+[Timer]
+# First pass shortly after boot (or at once when the timer is enabled on a
+# running machine: an OnBootSec= already in the past elapses immediately).
+OnBootSec=2min
+# Then 5 minutes after the previous pass *ended*, so a long upload never
+# overlaps the next pass and a backlog is worked through back to back.
+# A failed pass counts as ended too, so failures are retried on the same beat.
+OnUnitInactiveSec=5min
+# Spread a fleet so the hosts do not hit the receiver in lockstep after a
+# power cut brings them all up at the same second.
+RandomizedDelaySec=90s
+AccuracySec=15s
+# Persistent= only applies to OnCalendar= timers; with monotonic timers it
+# does nothing. Catching up on missed runs is done by OnBootSec= instead (a
+# pass at every boot), so say "false" explicitly rather than imply otherwise.
+Persistent=false
+Unit=cis490-shipper.service
+
+[Install]
+WantedBy=timers.target
+CIS490_TEMPLATE_END
+}
+emit_etc_shipper_toml_example() {
+    cat <<'CIS490_TEMPLATE_END'
+# /etc/cis490/shipper.toml: configuration of cis490-shipper on a lab host.
+#
+# Installed by scripts/install-lab-host.sh (owner root:cis490, mode 0640: the
+# service reads it and cannot change it). Plain TOML; comments on their own
+# lines. Unknown keys are errors, so a typo never falls back to a default.
+# Check the whole path with:  sudo -u cis490 cis490-shipper --ping
+#
+# Ownership model (see docs/deploy.md):
+#   data_dir            cis490:cis490  2770  (setgid: new entries get group cis490)
+#   data_dir/episodes   cis490:cis490  2770  the recorder writes here
+#   data_dir/outbox     cis490:cis490  2700  tarballs being shipped, shipper only
+#   data_dir/shipped    cis490:cis490  2770  shipped episodes, moved here
+# The recorder (the process that writes episodes) runs as a user in group
+# cis490 with umask 0007 (or 0002), so each episode directory it creates is
+# group cis490 and group-writable: the shipper must read every file and move
+# the directory from episodes/ to shipped/, and moving a directory to another
+# parent needs write permission on the directory itself (its ".." entry).
+# Write done.marker last, when every other file of the episode is closed.
+
+# This host's id: the name episodes are filed under on the receiver, and with
+# mTLS the DNS SAN of this host's client certificate. 1-128 characters from
+# A-Z a-z 0-9 . _ -, starting with a letter or digit; with mTLS a DNS name
+# (labels of letters, digits, hyphens joined by dots). Required.
+host_id = "lab-01"
+
+# Holds episodes/<id>/ (finished when done.marker exists), outbox/, shipped/
+# and the lock file .lock. Required. The systemd unit may write only
+# /var/lib/cis490 (ReadWritePaths=): change both together.
+data_dir = "/var/lib/cis490"
+
+# The receiver, as https://HOST:PORT (port defaults to 443). HOST is also the
+# name checked against the receiver's certificate. Required.
+receiver = "https://receiver.lab.example:8443"
+
+# PEM file of the CA(s) to trust for the receiver's certificate (the lab CA
+# from scripts/pki.sh). Optional; when absent the public web PKI roots built
+# into the binary are used (a receiver behind Caddy with a public cert).
+ca_file = "/etc/cis490/tls/ca.crt"
+
+# Client certificate and its private key (PEM, key in PKCS#8), for a receiver
+# that requires client certificates (client_ca_file set there). Optional, but
+# both or neither.
+cert_file = "/etc/cis490/tls/host.crt"
+key_file = "/etc/cis490/tls/host.key"
+
+# File holding this host's bearer token (one line; surrounding whitespace is
+# ignored). Required. The shipper refuses to start if the file is readable by
+# group or others: keep it owner cis490, mode 0600 (or 0400).
+token_file = "/etc/cis490/shipper.token"
+
+# zstd compression level, 1 (fast) to 19 (small). Default 3.
+#compression_level = 3
+
+# zstd worker threads; 0 compresses on the shipper's own thread, leaving the
+# other cores to the robot. 0 to 64. Default 0.
+#compression_threads = 0
+
+# Seconds to wait for the TCP connection to the receiver. 1 to 86400.
+# Default 10.
+#connect_timeout_s = 10
+
+# Seconds any single read or write on an established connection may stall
+# (not a limit on the whole upload). 1 to 86400. Default 60.
+#io_timeout_s = 60
+CIS490_TEMPLATE_END
+}
+# END EMBEDDED
+
+# ---- install --------------------------------------------------------------
+
+# The service user: no login, no home of its own beyond the data directory.
+if [[ -z $ROOT ]] && getent passwd "$USER_NAME" >/dev/null; then
+    note "user $USER_NAME exists"
+else
+    run_system useradd --system --user-group --home-dir /var/lib/cis490 \
+        --no-create-home --shell /usr/sbin/nologin \
+        --comment "CIS490 episode shipper" "$USER_NAME"
+fi
+if [[ -n $RECORDER_USER ]]; then
+    # The recorder needs group cis490 to hand episodes over (see the
+    # ownership model in shipper.toml.example).
+    run_system usermod --append --groups "$USER_NAME" "$RECORDER_USER"
+fi
+
+ensure_system_dir /usr/local/bin
+put_file "$BINARY" /usr/local/bin/$NAME 0755 root:root
+
+# Config and secrets: readable by the service, writable by root only; the
+# token file is the exception the shipper insists on (owner only, 0600).
+mkdir_owned /etc/cis490 0750 root:$USER_NAME
+mkdir_owned /etc/cis490/tls 0750 root:$USER_NAME
+emit_etc_shipper_toml_example >"$TMP/shipper.toml"
+config_existed=0
+[[ -e $R/etc/cis490/shipper.toml ]] && config_existed=1
+if [[ -n $HOST_ID ]]; then
+    sed -i "s|^host_id = .*|host_id = \"$HOST_ID\"|" "$TMP/shipper.toml"
+fi
+if [[ -n $RECEIVER ]]; then
+    sed -i "s|^receiver = .*|receiver = \"$RECEIVER\"|" "$TMP/shipper.toml"
+fi
+keep_or_put "$TMP/shipper.toml" /etc/cis490/shipper.toml 0640 root:$USER_NAME
+[[ -z $CA_SRC ]] || keep_or_put "$CA_SRC" /etc/cis490/tls/ca.crt 0644 root:root
+[[ -z $CERT_SRC ]] || keep_or_put "$CERT_SRC" /etc/cis490/tls/host.crt 0644 root:root
+[[ -z $KEY_SRC ]] || keep_or_put "$KEY_SRC" /etc/cis490/tls/host.key 0640 root:$USER_NAME
+[[ -z $TOKEN_SRC ]] || keep_or_put "$TOKEN_SRC" /etc/cis490/shipper.token 0600 $USER_NAME:$USER_NAME
+
+# Data: setgid group cis490 so whatever the recorder creates stays in the
+# group; outbox/ is the shipper's alone (its setgid bit is inherited from
+# data_dir, and said explicitly so a re-run does not fight over it).
+mkdir_owned /var/lib/cis490 2770 $USER_NAME:$USER_NAME
+mkdir_owned /var/lib/cis490/episodes 2770 $USER_NAME:$USER_NAME
+mkdir_owned /var/lib/cis490/outbox 2700 $USER_NAME:$USER_NAME
+mkdir_owned /var/lib/cis490/shipped 2770 $USER_NAME:$USER_NAME
+
+ensure_system_dir /etc/systemd/system
+emit_etc_cis490_shipper_service >"$TMP/$NAME.service"
+emit_etc_cis490_shipper_timer >"$TMP/$NAME.timer"
+put_file "$TMP/$NAME.service" /etc/systemd/system/$NAME.service 0644 root:root
+put_file "$TMP/$NAME.timer" /etc/systemd/system/$NAME.timer 0644 root:root
+
+if [[ -n $ROOT ]]; then
+    # Offline: systemctl --root only creates the symlinks inside ROOT.
+    if [[ $ENABLE -eq 1 ]]; then
+        if command -v systemctl >/dev/null; then
+            run systemctl --root="$ROOT" --quiet enable $NAME.timer
+        else
+            note "skipped (no systemctl): enable $NAME.timer in $ROOT"
+        fi
+    fi
+else
+    run systemctl daemon-reload
+    if [[ $ENABLE -eq 1 ]]; then
+        if [[ $config_existed -eq 1 ]]; then
+            run systemctl enable --now $NAME.timer
+        else
+            # A fresh template still names example hosts and files: starting
+            # now would only fail every five minutes until it is edited.
+            run systemctl enable $NAME.timer
+        fi
+    fi
+fi
+
+cat <<EOF
+$PROG: done.
+Next:
+  1. edit /etc/cis490/shipper.toml (host_id, receiver, ca_file, cert_file, key_file)
+  2. put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600)
+  3. sudo -u $USER_NAME $NAME --ping
+  4. sudo systemctl start $NAME.timer && systemctl list-timers $NAME.timer
+  5. journalctl -u $NAME.service
+EOF
