@@ -315,8 +315,10 @@ fn refuse(
     extra: &[(&str, &str)],
     started: Instant,
 ) -> Next {
-    let _ = respond(s, code, extra, &reply, false);
+    // Logged before answering, so the line exists once the client has its
+    // answer (tests, and operators correlating logs, rely on that order).
     log_request(ctx, host, &head.method, &head.target, code, 0, started);
+    let _ = respond(s, code, extra, &reply, false);
     Next::Linger
 }
 
@@ -467,8 +469,8 @@ fn ping(
         server_time: Some(timefmt::now()),
         ..Reply::status("ok")
     };
-    let ok = respond(s, 200, &[], &reply, keep_alive).is_ok();
     log_request(ctx, Some(host), &head.method, &head.target, 200, 0, started);
+    let ok = respond(s, 200, &[], &reply, keep_alive).is_ok();
     if ok && keep_alive {
         Next::KeepAlive
     } else {
@@ -725,7 +727,6 @@ fn upload(
         }
     };
     let keep = framing.keep_alive && matches!(code, 200 | 201);
-    let sent = respond(s, code, &[], &reply, keep).is_ok();
     log_request(
         ctx,
         Some(host),
@@ -735,6 +736,7 @@ fn upload(
         length,
         started,
     );
+    let sent = respond(s, code, &[], &reply, keep).is_ok();
     if sent && keep {
         Next::KeepAlive
     } else {

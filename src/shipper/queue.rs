@@ -173,7 +173,8 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
     }
     let s = &pass.summary;
     info!(
-        "pass done: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s",
+        "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s",
+        if s.stopped.is_some() { " (stopped early)" } else { "" },
         s.ready,
         s.stored,
         s.already_present,

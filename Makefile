@@ -1,0 +1,40 @@
+# cis490: the two commands a newcomer needs are `make demo` and `make test`.
+# CI (.ci/run) installs prerequisites, then runs `make test`.
+
+CARGO ?= cargo
+MUSL_TARGET := x86_64-unknown-linux-musl
+# Tests build the binaries with named crash points (tests/crash.rs); the
+# release and static builds never carry them.
+TEST_FEATURES := --features fault-injection
+
+.PHONY: build static test lint demo bench dist clean
+
+build:
+	$(CARGO) build --release
+
+static:
+	@command -v musl-gcc >/dev/null || { echo "make static: musl-gcc not found: apt-get install musl-tools" >&2; exit 1; }
+	rustup target add $(MUSL_TARGET)
+	$(CARGO) build --release --target $(MUSL_TARGET)
+	@file target/$(MUSL_TARGET)/release/cis490-shipper
+	@ls -l target/$(MUSL_TARGET)/release/cis490-shipper target/$(MUSL_TARGET)/release/cis490-receiver
+
+test: lint
+	$(CARGO) test $(TEST_FEATURES)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets $(TEST_FEATURES) -- -D warnings
+
+demo:
+	bash scripts/demo.sh
+
+bench:
+	bash scripts/bench.sh
+
+dist:
+	bash scripts/dist.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf demo bench-data dist
