@@ -576,3 +576,22 @@ fn large_episode_ships_with_flat_memory() {
     let stored = std::fs::metadata(lab.stored("ep-large")).unwrap().len();
     assert!(stored > size / 2, "stored {stored} bytes");
 }
+
+#[test]
+fn progress_is_drawn_on_a_terminal_and_only_there() {
+    let lab = Lab::new("ship-progress");
+    lab.episode("ep-1", 3_000_000, 1);
+    lab.episode("ep-2", 3_000_000, 2);
+    // Without a terminal: plain log lines, no carriage returns.
+    let out = lab.once();
+    assert_exit(&out, 0);
+    assert!(!stderr(&out).contains('\r'), "{}", describe(&out));
+    // Under a pseudo-terminal (util-linux `script`): a live line.
+    lab.episode("ep-3", 3_000_000, 3);
+    let cmd = format!("{SHIPPER} --config {} --once", lab.cfg.config.display());
+    let out = run(Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    assert!(out.status.success(), "{}", describe(&out));
+    let tty = stdout(&out);
+    assert!(tty.contains("\r\x1b[2Kep-3: packing"), "{tty:?}");
+    assert!(tty.contains("ep-3: stored"), "{tty:?}");
+}
