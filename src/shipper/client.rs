@@ -96,6 +96,9 @@ impl ClientError {
             }
             ClientError::Tls { hint, .. } => hint,
             ClientError::Timeout { .. } => "the receiver accepted the connection but stopped answering: check its load and logs; io_timeout_s sets the limit",
+            ClientError::Io { stage: Stage::Tls, .. } => {
+                "the receiver closed the connection during the TLS handshake: is `receiver` its TLS port? its log says why (e.g. a client certificate it does not accept)"
+            }
             ClientError::Io { .. } => "the connection broke: check the receiver's logs and the network; the next pass retries",
             ClientError::Protocol(_) => "is `receiver` pointing at cis490-receiver (or a proxy in front of it)?",
         }
@@ -254,10 +257,16 @@ impl Endpoint {
                         .and_then(|i| i.downcast_ref::<rustls::Error>())
                         .map(tls_error)
                         .unwrap_or_else(|| classify(e, Stage::Tls, false)),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout { stage: Stage::Tls },
-                    _ => ClientError::Tls {
-                        detail: format!("connection closed during the handshake: {e}"),
-                        hint: "the receiver dropped the handshake: is it a TLS port, and does it accept this client certificate? see its log",
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        ClientError::Timeout { stage: Stage::Tls }
+                    }
+                    // EOF or reset mid-handshake: a receiver restarting or
+                    // overloaded as often as a misconfigured one, so it is
+                    // not a certificate verdict; --once retries next pass.
+                    _ => ClientError::Io {
+                        stage: Stage::Tls,
+                        source: e,
+                        before_response: false,
                     },
                 });
             }
