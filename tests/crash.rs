@@ -1,0 +1,949 @@
+//! Crash consistency end to end: the real shipper and receiver, killed at
+//! every named crash point (`src/fault.rs::POINTS`) or fed injected I/O
+//! errors, must never leave a torn or half-recorded state, and a pass
+//! without faults must then finish the work (bad-inputs.md (c), C1-C5,
+//! C10-C12, S3-S6).
+//!
+//! Each case has its own temp dir, PKI and receiver on 127.0.0.1:0. Cases
+//! run on a few worker threads; a failing case keeps its temp dir
+//! (`TempDir`), and all failures are reported together.
+//!
+//! Built only with `--features fault-injection` (`make test` passes it).
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::episodes::make_episode;
+use common::*;
+use sha2::{Digest, Sha256};
+
+const HOST: &str = "lab-01";
+/// Shipped in this order (marker mtime, then name).
+const IDS: [&str; 3] = ["ep-0001", "ep-0002", "ep-0003"];
+/// The first two tarballs are larger than one 256 KiB upload chunk, so
+/// `up.mid_body` really lands mid-body.
+const SIZES: [u64; 3] = [600 * 1024, 500 * 1024, 250 * 1024];
+
+/// A bounded wait for a condition that has no better readiness signal.
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_file(path: &Path) -> String {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    hex(&Sha256::digest(&bytes))
+}
+
+/// The hex digest a `sha256sum`-format sidecar records.
+fn sidecar_hex(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    text.split_whitespace().next().map(str::to_ascii_lowercase)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// File names in a directory, sorted; empty if it does not exist.
+fn names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every path below `root`: kind, and for files size and sha256; with
+/// `mtimes`, modification times too.
+fn snapshot(root: &Path, mtimes: bool) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, mtimes: bool, out: &mut BTreeMap<String, String>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            // A receiver temp may go between listing and stat: skip it.
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let when = if mtimes {
+                let t = m.modified().unwrap();
+                format!(
+                    " mtime={}",
+                    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                )
+            } else {
+                String::new()
+            };
+            if m.is_dir() {
+                out.insert(rel, format!("dir{when}"));
+                walk(root, &p, mtimes, out);
+            } else if m.file_type().is_symlink() {
+                let target = fs::read_link(&p).unwrap();
+                out.insert(rel, format!("symlink {}", target.display()));
+            } else if let Ok(bytes) = fs::read(&p) {
+                out.insert(
+                    rel,
+                    format!(
+                        "file len={} sha256={}{when}",
+                        m.len(),
+                        hex(&Sha256::digest(&bytes))
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, mtimes, &mut out);
+    out
+}
+
+/// `zstd -t`: the file is one or more complete zstd frames.
+fn zstd_ok(path: &Path) -> bool {
+    Command::new("zstd")
+        .args(["-q", "-t"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zstd (apt-get install zstd)")
+        .status
+        .success()
+}
+
+/// `zstd -dc TARBALL | tar -x -C INTO`.
+fn extract(tarball: &Path, into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let mut z = Command::new("zstd")
+        .args(["-q", "-d", "-c"])
+        .arg(tarball)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run zstd");
+    let t = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(z.stdout.take().unwrap())
+        .output()
+        .expect("run tar");
+    let zs = z.wait().unwrap();
+    assert!(
+        zs.success() && t.status.success(),
+        "extracting {}: zstd {zs:?}, tar {:?}: {}",
+        tarball.display(),
+        t.status,
+        String::from_utf8_lossy(&t.stderr)
+    );
+}
+
+/// Waits (bounded) for a child, which a crash point should have killed.
+fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} still running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One scenario: a shipper data_dir with three finished episodes and a
+/// receiver for it.
+struct World {
+    dir: TempDir,
+    pki: TestPki,
+    ident: Identity,
+    receiver_config: PathBuf,
+    receiver: Option<Receiver>,
+    shipper: ShipperSetup,
+    store: PathBuf,
+    /// Ids retired before the current receiver started: its log has no
+    /// PUT line for them.
+    retired_earlier: BTreeSet<String>,
+}
+
+impl World {
+    fn new(name: &str, receiver_env: &[(&str, &str)]) -> World {
+        let dir = TempDir::new(name);
+        let pki = TestPki::new(&dir.join("pki"));
+        let ident = pki.client(HOST);
+        let store = dir.join("store");
+        let receiver_config = dir.join("receiver.toml");
+        write_file(
+            &receiver_config,
+            &ReceiverOptions::tls(&pki, &store).render(),
+            0o644,
+        );
+        let receiver = Receiver::start_with_config(&receiver_config, true, false, receiver_env);
+        let shipper = shipper_config(
+            dir.path(),
+            HOST,
+            &receiver.url(),
+            &pki.ca_file,
+            Some(&ident),
+            TOKEN_A,
+            "",
+        );
+        for (i, id) in IDS.iter().enumerate() {
+            make_episode(&shipper.data_dir, id, SIZES[i], 1000 + i as u64, true);
+        }
+        World {
+            dir,
+            pki,
+            ident,
+            receiver_config,
+            receiver: Some(receiver),
+            shipper,
+            store,
+            retired_earlier: BTreeSet::new(),
+        }
+    }
+
+    fn receiver(&self) -> &Receiver {
+        self.receiver.as_ref().expect("receiver running")
+    }
+
+    /// Stops (kill -9) any receiver and starts a new one on the same
+    /// store_dir; the shipper is pointed at its new port.
+    fn restart_receiver(&mut self, env: &[(&str, &str)]) {
+        self.receiver = None;
+        self.retired_earlier = names(&self.data("shipped")).into_iter().collect();
+        let r = Receiver::start_with_config(&self.receiver_config, true, false, env);
+        self.shipper = shipper_config(
+            self.dir.path(),
+            HOST,
+            &r.url(),
+            &self.pki.ca_file,
+            Some(&self.ident),
+            TOKEN_A,
+            "",
+        );
+        self.receiver = Some(r);
+    }
+
+    fn ship(&self, env: &[(&str, &str)]) -> Output {
+        shipper_env(&self.shipper.config, &["--once"], env)
+    }
+
+    fn spawn_ship(&self) -> Child {
+        Command::new(SHIPPER)
+            .arg("--config")
+            .arg(&self.shipper.config)
+            .arg("--once")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cis490-shipper")
+    }
+
+    fn data(&self, sub: &str) -> PathBuf {
+        self.shipper.data_dir.join(sub)
+    }
+
+    fn host_dir(&self) -> PathBuf {
+        self.store.join(HOST)
+    }
+
+    fn final_path(&self, id: &str) -> PathBuf {
+        self.host_dir().join(format!("{id}.tar.zst"))
+    }
+
+    fn temps(&self) -> Vec<String> {
+        names(&self.host_dir())
+            .into_iter()
+            .filter(|n| n.starts_with(".upload-"))
+            .collect()
+    }
+
+    fn put_lines(&self) -> usize {
+        self.receiver()
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" PUT "))
+            .count()
+    }
+
+    /// I1-I4 after a crash; returns the ids the receiver holds.
+    fn check_invariants(&self, case: &str) -> BTreeSet<String> {
+        // I1: each id in exactly one of episodes/ and shipped/.
+        for id in IDS {
+            let e = self.data("episodes").join(id).exists();
+            let s = self.data("shipped").join(id).exists();
+            assert!(
+                e ^ s,
+                "{case}: I1: {id} in episodes/: {e}, in shipped/: {s}"
+            );
+        }
+        // I2: outbox tarballs are never torn and match their sidecar.
+        let outbox = self.data("outbox");
+        for name in names(&outbox) {
+            let path = outbox.join(&name);
+            if name.ends_with(".partial") || name.ends_with(".tmp") {
+                continue; // crash mid-pack: removed by the next pass
+            }
+            if let Some(id) = name.strip_suffix(".tar.zst") {
+                assert!(IDS.contains(&id), "{case}: I2: unexpected {name}");
+                assert!(zstd_ok(&path), "{case}: I2: torn outbox tarball {name}");
+                if let Some(want) = sidecar_hex(&with_suffix(&path, ".sha256")) {
+                    assert_eq!(
+                        sha256_file(&path),
+                        want,
+                        "{case}: I2: {name} does not match its sidecar"
+                    );
+                }
+            } else if let Some(id) = name.strip_suffix(".tar.zst.sha256") {
+                assert!(IDS.contains(&id), "{case}: I2: unexpected {name}");
+            } else {
+                panic!("{case}: I2: unexpected file outbox/{name}");
+            }
+        }
+        // I2/I3 on the receiver: no .partial anywhere, every final complete
+        // and correct, nothing but temps, finals and sidecars.
+        let store_snap = snapshot(&self.store, false);
+        for p in store_snap.keys() {
+            assert!(!p.ends_with(".partial"), "{case}: I2: store holds {p}");
+        }
+        let mut held = BTreeSet::new();
+        for name in names(&self.host_dir()) {
+            if name.starts_with(".upload-") {
+                continue; // an upload in flight, or a crash's leftover
+            }
+            let path = self.host_dir().join(&name);
+            if let Some(id) = name.strip_suffix(".tar.zst") {
+                assert!(IDS.contains(&id), "{case}: I3: unexpected final {name}");
+                assert!(zstd_ok(&path), "{case}: I3: torn final {name}");
+                let got = sha256_file(&path);
+                if let Some(want) = sidecar_hex(&with_suffix(&path, ".sha256")) {
+                    assert_eq!(got, want, "{case}: I3: {name} vs receiver sidecar");
+                }
+                let ours = self.data("outbox").join(format!("{id}.tar.zst.sha256"));
+                if let Some(want) = sidecar_hex(&ours) {
+                    assert_eq!(got, want, "{case}: I3: {name} vs shipper sidecar");
+                }
+                held.insert(id.to_owned());
+            } else if let Some(id) = name.strip_suffix(".tar.zst.sha256") {
+                assert!(IDS.contains(&id), "{case}: I3: unexpected {name}");
+            } else {
+                panic!("{case}: I3: unexpected file in the store: {name}");
+            }
+        }
+        // I4: acknowledged (2xx logged by the receiver, or retired
+        // locally) => the receiver holds it.
+        let log = self.receiver.as_ref().map(Receiver::log_text);
+        for id in IDS {
+            if self.data("shipped").join(id).exists() {
+                assert!(
+                    held.contains(id),
+                    "{case}: I4: {id} is in shipped/ but not stored"
+                );
+            }
+            let acked = format!("PUT /v1/episodes/{HOST}/{id} 20");
+            if log.as_ref().is_some_and(|l| l.contains(&acked)) {
+                assert!(
+                    held.contains(id),
+                    "{case}: I4: {id} answered 2xx but not stored"
+                );
+            }
+        }
+        held
+    }
+
+    /// After a clean pass: everything shipped, outbox empty, one stored
+    /// copy per id, byte-identical to the source tree.
+    fn check_converged(&self, case: &str) {
+        assert!(
+            names(&self.data("episodes")).is_empty(),
+            "{case}: episodes/ not empty: {:?}",
+            names(&self.data("episodes"))
+        );
+        let shipped = names(&self.data("shipped"));
+        assert_eq!(shipped, IDS, "{case}: shipped/");
+        let outbox = names(&self.data("outbox"));
+        assert!(outbox.is_empty(), "{case}: outbox/ not empty: {outbox:?}");
+        // An upload cut off by a crash may still be unwinding on the receiver.
+        wait_until(
+            &format!("{case}: receiver temps to go"),
+            Duration::from_secs(10),
+            || self.temps().is_empty(),
+        );
+        let finals: Vec<String> = names(&self.host_dir())
+            .into_iter()
+            .filter(|n| n.ends_with(".tar.zst"))
+            .collect();
+        let want: Vec<String> = IDS.iter().map(|id| format!("{id}.tar.zst")).collect();
+        assert_eq!(finals, want, "{case}: stored tarballs");
+        for name in names(&self.host_dir()) {
+            assert!(
+                name.ends_with(".tar.zst") || name.ends_with(".tar.zst.sha256"),
+                "{case}: unexpected {name} in the store"
+            );
+        }
+        for id in IDS {
+            let stored = self.final_path(id);
+            assert!(zstd_ok(&stored), "{case}: {id}: zstd -t failed");
+            if let Some(want) = sidecar_hex(&with_suffix(&stored, ".sha256")) {
+                assert_eq!(sha256_file(&stored), want, "{case}: {id}: receiver sidecar");
+            }
+            let x = self.dir.join(&format!("extract-{id}"));
+            let _ = fs::remove_dir_all(&x);
+            extract(&stored, &x);
+            assert_eq!(names(&x), [id], "{case}: {id}: archive top level");
+            let got = snapshot(&x.join(id), false);
+            let src = snapshot(&self.data("shipped").join(id), false);
+            assert!(
+                got.len() >= 4 && got == src,
+                "{case}: {id}: stored tarball differs from shipped/{id}:\n{got:#?}\nvs\n{src:#?}"
+            );
+            fs::remove_dir_all(&x).unwrap();
+        }
+    }
+
+    /// C12: a pass over a finished state makes no request and changes
+    /// nothing.
+    fn check_noop_rerun(&self, case: &str) {
+        // Every id was answered 2xx once; wait until those lines are in, so
+        // a late line from an earlier pass is not counted below.
+        for id in IDS.iter().filter(|id| !self.retired_earlier.contains(**id)) {
+            self.receiver()
+                .wait_log(&format!("PUT /v1/episodes/{HOST}/{id} 20"));
+        }
+        let puts = self.put_lines();
+        let data = snapshot(&self.shipper.data_dir, true);
+        let store = snapshot(&self.store, true);
+        let out = self.ship(&[]);
+        assert_exit(&out, 0);
+        assert!(
+            stderr(&out).contains("pass done: 0 ready, 0 stored, 0 already present"),
+            "{case}: third pass did something\n{}",
+            describe(&out)
+        );
+        assert_eq!(
+            snapshot(&self.shipper.data_dir, true),
+            data,
+            "{case}: third pass changed data_dir"
+        );
+        assert_eq!(
+            snapshot(&self.store, true),
+            store,
+            "{case}: third pass changed the store"
+        );
+        assert_eq!(self.put_lines(), puts, "{case}: third pass sent a PUT");
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else {
+        "(non-string panic)".into()
+    }
+}
+
+type Case = (String, Box<dyn FnOnce() + Send>);
+
+/// Runs independent cases on a few threads; fails with every failure.
+fn run_cases(cases: Vec<Case>) {
+    let workers = std::env::var("CIS490_CRASH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize)
+        .max(1);
+    let total = cases.len();
+    let queue = Mutex::new(VecDeque::from(cases));
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap().pop_front();
+                let Some((name, case)) = next else { break };
+                let started = Instant::now();
+                match std::panic::catch_unwind(AssertUnwindSafe(case)) {
+                    Ok(()) => eprintln!("ok     {name} ({:.1}s)", started.elapsed().as_secs_f64()),
+                    Err(p) => {
+                        eprintln!("FAILED {name}");
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{name}: {}", panic_text(p.as_ref())));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+fn case_name(prefix: &str, spec: &str) -> String {
+    format!("{prefix}-{}", spec.replace(['.', '@'], "-"))
+}
+
+/// Kill the shipper at `spec` (`point` or `point@k`), check I1-I4, then a
+/// clean pass converges and a third pass is a no-op.
+fn shipper_crash(point: &str, nth: u32) {
+    let spec = if nth == 1 {
+        point.to_owned()
+    } else {
+        format!("{point}@{nth}")
+    };
+    let w = World::new(&case_name("crash", &spec), &[]);
+    let out = w.ship(&[("CIS490_CRASH_AT", &spec)]);
+    assert!(
+        stderr(&out).contains(&format!("CRASHPOINT {point}\n")),
+        "{spec}: crash point never reached (binaries built without --features fault-injection?)\n{}",
+        describe(&out)
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{spec}: not killed by SIGKILL\n{}",
+        describe(&out)
+    );
+    let held = w.check_invariants(&spec);
+    let pending: Vec<&str> = IDS
+        .iter()
+        .copied()
+        .filter(|id| w.data("episodes").join(id).exists())
+        .collect();
+
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    // C4: what the receiver already held is confirmed with 200, not resent.
+    for id in &pending {
+        if held.contains(*id) {
+            assert!(
+                stderr(&out).contains(&format!("{id}: already present")),
+                "{spec}: {id} was stored before the crash; expected 200\n{}",
+                describe(&out)
+            );
+        }
+    }
+    w.check_converged(&spec);
+    w.check_noop_rerun(&spec);
+}
+
+/// Shipper points hit once per episode (so `@2` lands in the second one);
+/// `up.after_connect` is once per connection, and the connection is kept
+/// alive across episodes.
+fn per_episode(point: &str) -> bool {
+    point != "up.after_connect"
+}
+
+#[test]
+fn shipper_crash_points_converge() {
+    let points: Vec<&'static str> = cis490::fault::POINTS
+        .iter()
+        .copied()
+        .filter(|p| {
+            ["pack.", "up.", "ship.", "clean."]
+                .iter()
+                .any(|x| p.starts_with(x))
+        })
+        .collect();
+    assert!(points.len() >= 14, "shipper points: {points:?}");
+    // Every point is exercised here or in receiver_crash_points_converge.
+    for p in cis490::fault::POINTS {
+        assert!(
+            points.contains(p) || p.starts_with("recv."),
+            "crash point {p} is covered by no test"
+        );
+    }
+    let mut cases: Vec<Case> = Vec::new();
+    for &p in &points {
+        cases.push((p.to_owned(), Box::new(move || shipper_crash(p, 1))));
+    }
+    for &p in points.iter().filter(|p| per_episode(p)) {
+        cases.push((format!("{p}@2"), Box::new(move || shipper_crash(p, 2))));
+    }
+    run_cases(cases);
+}
+
+/// Kill the receiver at `spec`; the shipper sees a dead peer (75); no
+/// final is torn; a restarted receiver removes the temps and a clean pass
+/// converges, confirming with 200 what was published before the kill.
+fn receiver_crash(point: &str, nth: usize) {
+    let spec = if nth == 1 {
+        point.to_owned()
+    } else {
+        format!("{point}@{nth}")
+    };
+    let mut w = World::new(
+        &case_name("recv-crash", &spec),
+        &[("CIS490_CRASH_AT", &spec)],
+    );
+    let out = w.ship(&[]);
+    let status = {
+        let r = w.receiver.as_mut().unwrap();
+        if out.status.code() == Some(0) && r.child.try_wait().unwrap().is_none() {
+            panic!(
+                "{spec}: crash point never reached (binaries built without --features fault-injection?)\n{}",
+                describe(&out)
+            );
+        }
+        wait_child(&mut r.child, "receiver")
+    };
+    assert_eq!(status.signal(), Some(9), "{spec}: receiver {status:?}");
+    w.receiver().wait_log(&format!("CRASHPOINT {point}"));
+    assert_exit(&out, 75);
+
+    let held = w.check_invariants(&spec);
+    // The upload that was cut off: nothing of it is retired, and a final
+    // exists exactly when the crash came after the publish.
+    let victim = IDS[nth - 1];
+    assert!(
+        w.data("episodes").join(victim).exists(),
+        "{spec}: {victim} retired without an answer"
+    );
+    let published = matches!(
+        point,
+        "recv.after_publish" | "recv.after_dir_fsync" | "recv.before_response"
+    );
+    let unpublished = matches!(
+        point,
+        "recv.after_head" | "recv.mid_body" | "recv.after_tmp_fsync"
+    );
+    if published {
+        assert!(held.contains(victim), "{spec}: {victim} was published");
+    }
+    if unpublished {
+        assert!(!held.contains(victim), "{spec}: {victim} must not be final");
+    }
+    for id in &held {
+        // Never torn, and the shipper's bytes (checked in check_invariants
+        // against the outbox sidecar, which must still be there).
+        if w.data("episodes").join(id).exists() {
+            assert!(
+                w.data("outbox")
+                    .join(format!("{id}.tar.zst.sha256"))
+                    .exists(),
+                "{spec}: outbox sidecar of {id} gone"
+            );
+        }
+    }
+    let pending: Vec<&str> = IDS
+        .iter()
+        .copied()
+        .filter(|id| w.data("episodes").join(id).exists())
+        .collect();
+    let temps = w.temps();
+
+    w.restart_receiver(&[]);
+    if !temps.is_empty() {
+        let log = w.receiver().log_text();
+        assert!(
+            log.contains(&format!(
+                "removed {} unfinished upload(s) left by an earlier run",
+                temps.len()
+            )),
+            "{spec}: restart did not report removing {temps:?}:\n{log}"
+        );
+    }
+    assert!(
+        w.temps().is_empty(),
+        "{spec}: stale temps survived a restart: {:?}",
+        w.temps()
+    );
+
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    for id in &pending {
+        if held.contains(*id) {
+            assert!(
+                stderr(&out).contains(&format!("{id}: already present")),
+                "{spec}: {id} was published before the kill; expected 200\n{}",
+                describe(&out)
+            );
+        }
+    }
+    w.check_converged(&spec);
+    w.check_noop_rerun(&spec);
+}
+
+#[test]
+fn receiver_crash_points_converge() {
+    let points: Vec<&'static str> = cis490::fault::POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("recv."))
+        .collect();
+    assert!(points.len() >= 6, "receiver points: {points:?}");
+    let mut cases: Vec<Case> = Vec::new();
+    for &p in &points {
+        cases.push((format!("recv {p}"), Box::new(move || receiver_crash(p, 1))));
+    }
+    // The second upload, on a kept-alive connection.
+    for p in [
+        "recv.mid_body",
+        "recv.after_publish",
+        "recv.before_response",
+    ] {
+        cases.push((
+            format!("recv {p}@2"),
+            Box::new(move || receiver_crash(p, 2)),
+        ));
+    }
+    run_cases(cases);
+}
+
+/// S5: ENOSPC while the receiver writes the body -> 507, no temp, nothing
+/// stored; after "space is freed", 201.
+fn receiver_enospc() {
+    let case = "store.write:ENOSPC";
+    let mut w = World::new("fault-enospc", &[("CIS490_FAULT_AT", case)]);
+    let out = w.ship(&[]);
+    assert_exit(&out, 75);
+    assert!(
+        stderr(&out).contains("receiver answered 507"),
+        "{case}\n{}",
+        describe(&out)
+    );
+    w.receiver()
+        .wait_log(&format!("PUT /v1/episodes/{HOST}/{} 507", IDS[0]));
+    // The temp goes when the refused upload is dropped, just after the answer.
+    wait_until(
+        "the refused upload's temp to go",
+        Duration::from_secs(10),
+        || w.temps().is_empty(),
+    );
+    assert!(
+        names(&w.host_dir()).is_empty(),
+        "{case}: store: {:?}",
+        names(&w.host_dir())
+    );
+    w.check_invariants(case);
+    assert!(names(&w.data("shipped")).is_empty());
+
+    w.restart_receiver(&[]);
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    for id in IDS {
+        w.receiver()
+            .wait_log(&format!("PUT /v1/episodes/{HOST}/{id} 201"));
+        assert!(
+            stderr(&out).contains(&format!("{id}: stored")),
+            "{}",
+            describe(&out)
+        );
+    }
+    w.check_converged(case);
+    w.check_noop_rerun(case);
+}
+
+/// S6: fsync EIO on the receiver's temp -> 500, nothing published, temp
+/// gone; a later upload (a new temp, never a retried fsync) -> 201.
+fn receiver_fsync_eio() {
+    let case = "receiver sync_file:EIO";
+    let mut w = World::new("fault-recv-eio", &[("CIS490_FAULT_AT", "sync_file:EIO")]);
+    let out = w.ship(&[]);
+    assert_exit(&out, 75);
+    for id in IDS {
+        w.receiver()
+            .wait_log(&format!("PUT /v1/episodes/{HOST}/{id} 500"));
+    }
+    wait_until(
+        "the failed upload's temps to go",
+        Duration::from_secs(10),
+        || w.temps().is_empty(),
+    );
+    assert!(
+        names(&w.host_dir()).is_empty(),
+        "{case}: store: {:?}",
+        names(&w.host_dir())
+    );
+    w.check_invariants(case);
+    w.restart_receiver(&[]);
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    w.check_converged(case);
+}
+
+/// C11-like: fsync EIO while packing -> `.partial` removed, episode
+/// untouched, 75; a clean pass then ships everything.
+fn shipper_fsync_eio() {
+    let case = "shipper sync_file:EIO";
+    let w = World::new("fault-ship-eio", &[]);
+    let before = snapshot(&w.data("episodes"), true);
+    let out = w.ship(&[("CIS490_FAULT_AT", "sync_file:EIO")]);
+    assert_exit(&out, 75);
+    assert!(
+        stderr(&out).contains(&format!("{}: syncing", IDS[0]))
+            && stderr(&out).contains("Input/output error"),
+        "{case}\n{}",
+        describe(&out)
+    );
+    let outbox = names(&w.data("outbox"));
+    assert!(
+        !outbox.iter().any(|n| n.ends_with(".partial")),
+        "{case}: .partial left: {outbox:?}"
+    );
+    // The episode whose pack failed is exactly as it was.
+    let first: BTreeMap<_, _> = before
+        .iter()
+        .filter(|(k, _)| k.starts_with(IDS[0]))
+        .collect();
+    let now = snapshot(&w.data("episodes"), true);
+    let first_now: BTreeMap<_, _> = now.iter().filter(|(k, _)| k.starts_with(IDS[0])).collect();
+    assert_eq!(first_now, first, "{case}: {} changed", IDS[0]);
+    assert!(
+        !w.final_path(IDS[0]).exists(),
+        "{case}: an unsynced tarball was uploaded"
+    );
+    w.check_invariants(case);
+
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    w.check_converged(case);
+    w.check_noop_rerun(case);
+}
+
+#[test]
+fn injected_io_errors() {
+    run_cases(vec![
+        ("store.write:ENOSPC".into(), Box::new(receiver_enospc)),
+        (
+            "receiver sync_file:EIO".into(),
+            Box::new(receiver_fsync_eio),
+        ),
+        ("shipper sync_file:EIO".into(), Box::new(shipper_fsync_eio)),
+    ]);
+}
+
+/// C10: two `--once` at once -> the second logs, exits 0 and touches
+/// nothing; after the holder is killed -9 the next run proceeds.
+#[test]
+fn concurrent_passes_take_turns() {
+    let w = World::new("c10", &[]);
+    let recv_pid = w.receiver().child.id() as i32;
+    let first_tarball = w.data("outbox").join(format!("{}.tar.zst", IDS[0]));
+
+    // A stopped receiver: the first pass blocks in its TLS handshake (up to
+    // io_timeout_s = 10) holding the lock, once its first tarball is packed.
+    unsafe_kill(recv_pid, "STOP");
+    let first = w.spawn_ship();
+    wait_until("the first pass to pack", Duration::from_secs(8), || {
+        first_tarball.exists()
+    });
+    let before = snapshot(&w.shipper.data_dir, true);
+    let started = Instant::now();
+    let second = w.ship(&[]);
+    let took = started.elapsed();
+    let after = snapshot(&w.shipper.data_dir, true);
+    unsafe_kill(recv_pid, "CONT");
+    assert_exit(&second, 0);
+    assert!(
+        stderr(&second).contains("another pass holds") && stderr(&second).contains(".lock"),
+        "{}",
+        describe(&second)
+    );
+    assert!(took < Duration::from_secs(3), "second pass took {took:?}");
+    assert_eq!(after, before, "the second pass touched data_dir");
+    let out = first.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    w.check_converged("c10");
+
+    // The holder killed -9: its flock dies with it.
+    let id = "ep-0004";
+    make_episode(&w.shipper.data_dir, id, 300 * 1024, 7, true);
+    let tarball = w.data("outbox").join(format!("{id}.tar.zst"));
+    unsafe_kill(recv_pid, "STOP");
+    let mut holder = w.spawn_ship();
+    let packed = Instant::now() + Duration::from_secs(8);
+    while !tarball.exists() && Instant::now() < packed {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = holder.kill();
+    let status = holder.wait().unwrap();
+    unsafe_kill(recv_pid, "CONT");
+    assert!(tarball.exists(), "the holder never packed {id}");
+    assert_eq!(status.signal(), Some(9), "holder: {status:?}");
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    assert!(
+        !stderr(&out).contains("another pass holds"),
+        "the lock outlived its holder\n{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("{id}: stored")),
+        "{}",
+        describe(&out)
+    );
+    assert!(w.data("shipped").join(id).exists());
+    assert!(names(&w.data("outbox")).is_empty());
+    assert!(w.final_path(id).exists());
+}
+
+/// C7/C9: a receiver that accepts and drops the connection before the TLS
+/// handshake completes (dying, restarting, or past its connection limit,
+/// where src/receiver/server.rs closes at once) is a temporary failure:
+/// 75, everything kept, not 69 ("TLS failure: certificates"). The same
+/// race decides the exit code of `recv.*@2` above, where the shipper
+/// retries a kept-alive upload on a new connection to a dying receiver.
+#[test]
+fn connection_dropped_during_handshake_is_temporary() {
+    let dir = TempDir::new("handshake-drop");
+    let pki = TestPki::new(&dir.join("pki"));
+    let ident = pki.client(HOST);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept one connection, read nothing, close; then stop listening.
+    std::thread::spawn(move || {
+        if let Some(Ok(s)) = listener.incoming().next() {
+            drop(s);
+        }
+    });
+    let setup = shipper_config(
+        dir.path(),
+        HOST,
+        &format!("https://127.0.0.1:{port}"),
+        &pki.ca_file,
+        Some(&ident),
+        TOKEN_A,
+        "",
+    );
+    make_episode(&setup.data_dir, IDS[0], 200 * 1024, 1, true);
+    let out = shipper(&setup.config, &["--once"]);
+    assert_exit(&out, 75);
+    assert!(setup.data_dir.join("episodes").join(IDS[0]).exists());
+    assert!(setup
+        .data_dir
+        .join("outbox")
+        .join(format!("{}.tar.zst", IDS[0]))
+        .exists());
+}
