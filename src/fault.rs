@@ -7,7 +7,8 @@
 //!   guard tidies anything up and hides a bug) at the first hit of that
 //!   point; `<name>@k` at the k-th hit. Before dying it writes one line,
 //!   `CRASHPOINT <name>`, to stderr so the test knows where it died.
-//! - `CIS490_FAULT_AT=<name>:ENOSPC|EIO` makes `io(<name>)` fail once.
+//! - `CIS490_FAULT_AT=<name>:ENOSPC|EDQUOT|EIO` makes every `io(<name>)` call
+//!   fail with that error, for as long as the variable is set.
 
 /// Every crash point, so a test can loop over all of them.
 pub const POINTS: &[&str] = &[

@@ -540,6 +540,11 @@ fn upload(
     match store.lookup(host, episode) {
         Ok(Existing::Absent) => {}
         Ok(Existing::Present(d)) if d == expected => {
+            if let Err(e) = store.confirm(host) {
+                warn!("{host}/{episode}: {e}");
+                let reply = Reply::status("error").with_message("storage error");
+                return refuse(ctx, s, head, Some(host), e.status(), reply, &[], started);
+            }
             let reply = Reply::status(status::PRESENT).with_sha256(to_hex(&d));
             return refuse(ctx, s, head, Some(host), 200, reply, &[], started);
         }

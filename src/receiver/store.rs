@@ -173,6 +173,15 @@ impl Store {
         Ok(Existing::Present(digest))
     }
 
+    /// Makes what `lookup` found durable before it is acknowledged: after a
+    /// crash between a link and its directory fsync, the name exists in the
+    /// page cache only, and a 200 for it would be a promise a power cut can
+    /// break. Also the retry point after a failed directory fsync.
+    pub fn confirm(&self, host: &str) -> Result<(), StoreError> {
+        let dir = self.root.join(host);
+        sync_dir(&dir).map_err(|e| StoreError::io("syncing", &dir, e))
+    }
+
     /// Starts an upload: a fresh temp file in the host's directory (same
     /// file system as the final name, so `link` can publish it).
     pub fn begin(&self, host: &str, episode: &str) -> Result<Upload<'_>, StoreError> {
@@ -230,6 +239,7 @@ fn write_sidecar(path: &Path, digest: &[u8; 32], final_path: &Path) -> io::Resul
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     let res = f
         .write_all(format!("{}  {name}\n", hashing::to_hex(digest)).as_bytes())
+        .and_then(|()| fsutil::sync_file(&f))
         .and_then(|()| fs::rename(&tmp, path));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -295,7 +305,10 @@ impl Upload<'_> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Lost a race with a concurrent upload of the same id.
                 return match self.store.lookup(&self.host, &self.episode)? {
-                    Existing::Present(d) if d == digest => Ok(Outcome::AlreadyPresent),
+                    Existing::Present(d) if d == digest => {
+                        self.store.confirm(&self.host)?;
+                        Ok(Outcome::AlreadyPresent)
+                    }
                     Existing::Present(d) => Ok(Outcome::Conflict(d)),
                     Existing::Absent => Err(StoreError::io("publishing", &self.final_path, e)),
                 };

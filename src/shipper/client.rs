@@ -405,7 +405,17 @@ impl Connection {
             Err(e) => return Err(e),
         }
         self.send_body(body, progress)?;
-        self.read_final()
+        // Once the body went out, a dead connection is no stale keep-alive:
+        // the receiver died while handling this request (the next pass
+        // repeats it; no blind retry here).
+        self.read_final().map_err(|e| match e {
+            ClientError::Io { stage, source, .. } => ClientError::Io {
+                stage,
+                source,
+                before_response: false,
+            },
+            e => e,
+        })
     }
 
     fn send_body(
