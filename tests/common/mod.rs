@@ -291,14 +291,19 @@ impl Receiver {
         env: &[(&str, &str)],
     ) -> Receiver {
         let mut cmd = Command::new(RECEIVER);
-        cmd.arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(config);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Receiver::start_command(cmd, config, tls, plain)
+    }
+
+    /// Starts `cmd` (the receiver, or a wrapper such as strace that runs it
+    /// and passes its stderr through) and waits for its listeners.
+    pub fn start_command(mut cmd: Command, config: &Path, tls: bool, plain: bool) -> Receiver {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start cis490-receiver");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,235 @@
+//! Power-loss ordering, which no kill -9 test can show (the page cache
+//! survives a killed process): the syscalls of a real upload, traced with
+//! strace, must come in the order that makes each acknowledgement durable
+//! (bad-inputs.md S9; docs/transport.md).
+//!
+//! Receiver: fsync(temp) < link(temp, final) < fsync(host dir) < "201" written.
+//! Shipper:  fsync(.partial) < sidecar in place < rename(.partial, final)
+//!           < fsync(outbox/) < the upload's first socket write;
+//!           rename(episodes/id, shipped/id) < fsync(episodes/), fsync(shipped/)
+//!           < unlink(tarball).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::episodes::make_episode;
+use common::*;
+
+fn strace_available() {
+    let ok = Command::new("strace")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "strace is required for this test (apt-get install strace)"
+    );
+}
+
+/// Index of the first line at or after `from` containing every needle.
+fn find(lines: &[String], from: usize, needles: &[&str]) -> Option<usize> {
+    (from..lines.len()).find(|&i| needles.iter().all(|n| lines[i].contains(n)))
+}
+
+#[track_caller]
+fn expect(lines: &[String], from: usize, needles: &[&str]) -> usize {
+    find(lines, from, needles).unwrap_or_else(|| {
+        panic!(
+            "no syscall with {needles:?} after line {from}:\n{}",
+            lines[from.min(lines.len())..].join("\n")
+        )
+    })
+}
+
+fn read_trace(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn s9_receiver_makes_an_upload_durable_before_answering_201() {
+    strace_available();
+    let dir = TempDir::new("dur-recv");
+    let store = dir.join("store");
+    let opts = ReceiverOptions {
+        listen: None,
+        listen_plain: Some("127.0.0.1:0".into()),
+        store_dir: store.clone(),
+        cert: None,
+        client_ca: None,
+        hosts: vec![("lab-01".into(), token_hash(TOKEN_A))],
+        extra: String::new(),
+    };
+    let config = dir.join("receiver.toml");
+    write_file(&config, &opts.render(), 0o644);
+    let trace = dir.join("receiver.strace");
+    let mut cmd = Command::new("strace");
+    cmd.args([
+        "-f",
+        "-y",
+        "-s",
+        "48",
+        "-e",
+        "signal=none",
+        "-e",
+        "trace=fsync,fdatasync,link,linkat,write,writev,sendto",
+    ])
+    .arg("-o")
+    .arg(&trace)
+    .arg(RECEIVER)
+    .arg("--config")
+    .arg(&config);
+    let r = Receiver::start_command(cmd, &config, false, true);
+    let body = b"a durable tarball";
+    let digest = cis490::protocol::content_digest(
+        &sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), body)).into(),
+    );
+    let req = format!(
+        "PUT /v1/episodes/lab-01/ep-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: {}\r\nContent-Digest: {digest}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(r.http.unwrap()).unwrap();
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut s, body).unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    r.wait_log("PUT /v1/episodes/lab-01/ep-1 201");
+    // Stop the traced receiver itself: killing strace would only detach it.
+    let strace_pid = r.child.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let receiver_pid: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("strace runs the receiver")
+        .parse()
+        .unwrap();
+    unsafe_kill(receiver_pid, "TERM");
+    let mut r = r;
+    assert!(
+        r.child.wait().unwrap().success(),
+        "strace ends with the receiver"
+    );
+    let lines = read_trace(&trace);
+    let host_dir = store.join("lab-01").display().to_string();
+    let temp_fsync = expect(&lines, 0, &["fsync(", "/.upload-ep-1."]);
+    let link = expect(
+        &lines,
+        temp_fsync,
+        &["link", "/.upload-ep-1.", "/ep-1.tar.zst\""],
+    );
+    let dir_fsync = expect(&lines, link, &["fsync(", &format!("<{host_dir}>")]);
+    let answer = expect(&lines, dir_fsync, &["HTTP/1.1 201"]);
+    assert!(temp_fsync < link && link < dir_fsync && dir_fsync < answer);
+}
+
+#[test]
+fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
+    strace_available();
+    let dir = TempDir::new("dur-ship");
+    let pki = TestPki::new(&dir.join("pki"));
+    let r = Receiver::start(dir.path(), &ReceiverOptions::tls(&pki, &dir.join("store")));
+    let id = pki.client("lab-01");
+    let cfg = shipper_config(
+        dir.path(),
+        "lab-01",
+        &r.url(),
+        &pki.ca_file,
+        Some(&id),
+        TOKEN_A,
+        "",
+    );
+    for (i, ep) in ["ep-a", "ep-b"].iter().enumerate() {
+        make_episode(&cfg.data_dir, ep, 200_000, i as u64, true);
+        // Distinct marker times, so the order of the pass is known.
+        let marker = std::fs::File::options()
+            .write(true)
+            .open(cfg.data_dir.join(format!("episodes/{ep}/done.marker")))
+            .unwrap();
+        marker
+            .set_modified(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + i as u64),
+            )
+            .unwrap();
+    }
+    let trace = dir.join("shipper.strace");
+    let out = run(Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-s",
+            "64",
+            "-e",
+            "signal=none",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,write,writev,sendto",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg(SHIPPER)
+        .arg("--config")
+        .arg(&cfg.config)
+        .arg("--once"));
+    assert_exit(&out, 0);
+    let lines = read_trace(&trace);
+    let data = cfg.data_dir.display().to_string();
+    let outbox = format!("<{data}/outbox>");
+    let mut from = 0;
+    for ep in ["ep-a", "ep-b"] {
+        let partial = format!("/outbox/{ep}.tar.zst.partial");
+        let sync_partial = expect(&lines, from, &["fsync(", &partial]);
+        let sidecar = expect(
+            &lines,
+            sync_partial,
+            &[
+                "rename",
+                &format!("/outbox/{ep}.tar.zst.sha256.tmp\""),
+                &format!("/outbox/{ep}.tar.zst.sha256\""),
+            ],
+        );
+        let publish = expect(
+            &lines,
+            sidecar,
+            &[
+                "rename",
+                &format!("{partial}\""),
+                &format!("/outbox/{ep}.tar.zst\""),
+            ],
+        );
+        let sync_outbox = expect(&lines, publish, &["fsync(", &outbox]);
+        // The upload's bytes go out on the TCP socket only after that.
+        let first_send = expect(&lines, publish, &["<socket:["]);
+        assert!(
+            sync_outbox < first_send,
+            "{ep}: sent at line {first_send} before the outbox fsync at {sync_outbox}"
+        );
+        let retire = expect(
+            &lines,
+            sync_outbox,
+            &[
+                "rename",
+                &format!("/episodes/{ep}\""),
+                &format!("/shipped/{ep}\""),
+            ],
+        );
+        let sync_episodes = expect(&lines, retire, &["fsync(", &format!("<{data}/episodes>")]);
+        let sync_shipped = expect(&lines, retire, &["fsync(", &format!("<{data}/shipped>")]);
+        let unlink = expect(
+            &lines,
+            retire,
+            &["unlink", &format!("/outbox/{ep}.tar.zst\"")],
+        );
+        assert!(
+            sync_episodes < unlink && sync_shipped < unlink,
+            "{ep}: tarball deleted before the retire was durable"
+        );
+        from = unlink;
+    }
+}
