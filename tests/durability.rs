@@ -57,15 +57,7 @@ fn s9_receiver_makes_an_upload_durable_before_answering_201() {
     strace_available();
     let dir = TempDir::new("dur-recv");
     let store = dir.join("store");
-    let opts = ReceiverOptions {
-        listen: None,
-        listen_plain: Some("127.0.0.1:0".into()),
-        store_dir: store.clone(),
-        cert: None,
-        client_ca: None,
-        hosts: vec![("lab-01".into(), token_hash(TOKEN_A))],
-        extra: String::new(),
-    };
+    let opts = ReceiverOptions::plain(&store);
     let config = dir.join("receiver.toml");
     write_file(&config, &opts.render(), 0o644);
     let trace = dir.join("receiver.strace");

@@ -21,20 +21,27 @@ fn setup(name: &str) -> Setup {
     Setup { dir, pki, receiver }
 }
 
+impl Setup {
+    /// `--ping` as lab-01 with this certificate and token.
+    fn ping_as(&self, ident: Option<&Identity>, token: &str) -> std::process::Output {
+        let cfg = shipper_config(
+            self.dir.path(),
+            "lab-01",
+            &self.receiver.url(),
+            &self.pki.ca_file,
+            ident,
+            token,
+            "",
+        );
+        shipper(&cfg.config, &["--ping"])
+    }
+}
+
 #[test]
 fn ping_succeeds_and_reports_each_stage() {
     let s = setup("ping-ok");
     let id = s.pki.client("lab-01");
-    let cfg = shipper_config(
-        s.dir.path(),
-        "lab-01",
-        &s.receiver.url(),
-        &s.pki.ca_file,
-        Some(&id),
-        TOKEN_A,
-        "",
-    );
-    let out = shipper(&cfg.config, &["--ping"]);
+    let out = s.ping_as(Some(&id), TOKEN_A);
     assert_exit(&out, 0);
     let text = stdout(&out);
     for stage in [
@@ -90,16 +97,7 @@ fn ping_over_ipv6_loopback() {
 fn wrong_token_is_77() {
     let s = setup("ping-badtoken");
     let id = s.pki.client("lab-01");
-    let cfg = shipper_config(
-        s.dir.path(),
-        "lab-01",
-        &s.receiver.url(),
-        &s.pki.ca_file,
-        Some(&id),
-        "not-a-known-token",
-        "",
-    );
-    let out = shipper(&cfg.config, &["--ping"]);
+    let out = s.ping_as(Some(&id), "not-a-known-token");
     assert_exit(&out, 77);
     assert!(
         stdout(&out).contains("FAILED at auth: receiver answered 401"),
@@ -112,16 +110,7 @@ fn wrong_token_is_77() {
 fn token_of_one_host_with_certificate_of_another_is_77() {
     let s = setup("ping-crossed");
     let cert_b = s.pki.client("lab-02");
-    let cfg = shipper_config(
-        s.dir.path(),
-        "lab-01",
-        &s.receiver.url(),
-        &s.pki.ca_file,
-        Some(&cert_b),
-        TOKEN_A,
-        "",
-    );
-    let out = shipper(&cfg.config, &["--ping"]);
+    let out = s.ping_as(Some(&cert_b), TOKEN_A);
     assert_exit(&out, 77);
     assert!(stdout(&out).contains("403"), "{}", describe(&out));
     s.receiver.wait_log("host=lab-01 POST /v1/ping 403");
@@ -164,16 +153,7 @@ fn wildcard_client_certificate_never_authorises() {
 fn foreign_ca_client_certificate_is_refused_in_the_handshake() {
     let s = setup("ping-foreign");
     let foreign = s.pki.foreign_client("lab-01");
-    let cfg = shipper_config(
-        s.dir.path(),
-        "lab-01",
-        &s.receiver.url(),
-        &s.pki.ca_file,
-        Some(&foreign),
-        TOKEN_A,
-        "",
-    );
-    let out = shipper(&cfg.config, &["--ping"]);
+    let out = s.ping_as(Some(&foreign), TOKEN_A);
     assert_exit(&out, 69);
     let text = stdout(&out);
     assert!(text.contains("FAILED at tls"), "{text}");
@@ -184,16 +164,7 @@ fn foreign_ca_client_certificate_is_refused_in_the_handshake() {
 #[test]
 fn missing_client_certificate_is_refused() {
     let s = setup("ping-nocert");
-    let cfg = shipper_config(
-        s.dir.path(),
-        "lab-01",
-        &s.receiver.url(),
-        &s.pki.ca_file,
-        None,
-        TOKEN_A,
-        "",
-    );
-    let out = shipper(&cfg.config, &["--ping"]);
+    let out = s.ping_as(None, TOKEN_A);
     assert_exit(&out, 69);
     assert!(
         stdout(&out).contains("requires a client certificate"),

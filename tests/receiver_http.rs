@@ -21,16 +21,8 @@ impl Plain {
     fn start(name: &str, extra: &str) -> Plain {
         let dir = TempDir::new(name);
         let opts = ReceiverOptions {
-            listen: None,
-            listen_plain: Some("127.0.0.1:0".into()),
-            store_dir: dir.join("store"),
-            cert: None,
-            client_ca: None,
-            hosts: vec![
-                ("lab-01".into(), token_hash(TOKEN_A)),
-                ("HostA".into(), token_hash(TOKEN_B)),
-            ],
             extra: extra.into(),
+            ..ReceiverOptions::plain(&dir.join("store"))
         };
         let r = Receiver::start(dir.path(), &opts);
         Plain { dir, r }
@@ -713,15 +705,7 @@ fn stale_temps_are_removed_at_start() {
     std::fs::create_dir_all(store.join("lab-01")).unwrap();
     std::fs::write(store.join("lab-01/.upload-e.123.0"), b"half").unwrap();
     std::fs::write(store.join("lab-01/kept.tar.zst"), b"final").unwrap();
-    let opts = ReceiverOptions {
-        listen: None,
-        listen_plain: Some("127.0.0.1:0".into()),
-        store_dir: store.clone(),
-        cert: None,
-        client_ca: None,
-        hosts: vec![("lab-01".into(), token_hash(TOKEN_A))],
-        extra: String::new(),
-    };
+    let opts = ReceiverOptions::plain(&store);
     let r = Receiver::start(dir.path(), &opts);
     r.wait_log("removed 1 unfinished upload");
     assert!(!store.join("lab-01/.upload-e.123.0").exists());

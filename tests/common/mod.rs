@@ -232,6 +232,23 @@ impl ReceiverOptions {
         }
     }
 
+    /// Plain HTTP on 127.0.0.1:0 (the proxy setup), token-only, hosts
+    /// `lab-01` (TOKEN_A) and `HostA` (TOKEN_B).
+    pub fn plain(store_dir: &Path) -> ReceiverOptions {
+        ReceiverOptions {
+            listen: None,
+            listen_plain: Some("127.0.0.1:0".into()),
+            store_dir: store_dir.to_owned(),
+            cert: None,
+            client_ca: None,
+            hosts: vec![
+                ("lab-01".into(), token_hash(TOKEN_A)),
+                ("HostA".into(), token_hash(TOKEN_B)),
+            ],
+            extra: String::new(),
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         if let Some(l) = &self.listen {
