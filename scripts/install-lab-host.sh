@@ -87,7 +87,10 @@ done
 if [[ -n $HOST_ID && ! $HOST_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
     die "--host-id '$HOST_ID': 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 fi
-if [[ -n $RECEIVER && ! $RECEIVER =~ ^https://[A-Za-z0-9.:\[\]-]+/?$ ]]; then
+# `]` first and `-` last inside the brackets: POSIX bracket expressions have
+# no backslash escapes. Allows host names, IPv4 and [IPv6] with a port.
+receiver_re='^https://[][A-Za-z0-9.:-]+/?$'
+if [[ -n $RECEIVER && ! $RECEIVER =~ $receiver_re ]]; then
     die "--receiver '$RECEIVER': expected https://HOST:PORT"
 fi
 for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC" "$TOKEN_SRC"; do
