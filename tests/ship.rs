@@ -594,4 +594,8 @@ fn progress_is_drawn_on_a_terminal_and_only_there() {
     let tty = stdout(&out);
     assert!(tty.contains("\r\x1b[2Kep-3: packing"), "{tty:?}");
     assert!(tty.contains("ep-3: stored"), "{tty:?}");
+    assert!(
+        tty.contains("ETA"),
+        "packing and uploading show an ETA: {tty:?}"
+    );
 }

@@ -23,6 +23,16 @@ impl Progress {
         }
     }
 
+    /// Whether anything will be drawn (a terminal, not journald).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Sets the expected total once it is known.
+    pub fn set_total(&mut self, total: u64) {
+        self.total = Some(total);
+    }
+
     /// Redraws at most five times a second.
     pub fn update(&mut self, done: u64) {
         if !self.enabled
@@ -47,7 +57,7 @@ impl Progress {
                     self.label,
                     done as f64 / 1e6,
                     t as f64 / 1e6,
-                    done as f64 * 100.0 / t as f64,
+                    (done as f64 * 100.0 / t as f64).min(100.0),
                     rate / 1e6,
                     eta
                 )

@@ -468,6 +468,10 @@ impl Pass<'_> {
             threads: self.cfg.compression_threads,
         };
         let mut progress = Progress::new(&format!("{id}: packing"), None);
+        if progress.enabled() {
+            // Only for the ETA on a terminal: a metadata-only walk, no data read.
+            progress.set_total(tree_bytes(&dir));
+        }
         let mut mid_hit = false;
         let result = pack::pack_episode(&dir, id, file, &opts, &mut |raw| {
             progress.update(raw);
@@ -627,6 +631,21 @@ impl Pass<'_> {
         remove_if_exists(&self.dirs.sidecar(id))?;
         sync_dir(&self.dirs.outbox)
     }
+}
+
+/// Sum of the sizes of the regular files under `dir` (symlinks not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn sidecar_line(sha256: &[u8; 32], id: &str) -> String {
