@@ -323,3 +323,29 @@ fn receiver_stops_cleanly_on_sigterm() {
     let status = r.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[test]
+fn under_journald_every_line_carries_a_priority() {
+    let dir = TempDir::new("cfg-journal");
+    let (base, _) = shipper_base(dir.path());
+    let cfg = dir.join("bad.toml");
+    write_file(&cfg, &format!("{base}bogus = 1\n"), 0o644);
+    let out = shipper_env(&cfg, &["--once"], &[("JOURNAL_STREAM", "8:12345")]);
+    assert_exit(&out, 78);
+    let err = stderr(&out);
+    assert!(!err.is_empty());
+    for line in err.lines() {
+        assert!(
+            line.starts_with("<3>") || line.starts_with("<4>") || line.starts_with("<6>"),
+            "{line:?}"
+        );
+    }
+    assert!(err.starts_with("<3>"), "an error is priority 3: {err}");
+    // Without journald: a plain, self-describing line.
+    let out = shipper(&cfg, &["--once"]);
+    assert!(
+        stderr(&out).starts_with("cis490-shipper: error: "),
+        "{}",
+        describe(&out)
+    );
+}
