@@ -599,3 +599,30 @@ fn progress_is_drawn_on_a_terminal_and_only_there() {
         "packing and uploading show an ETA: {tty:?}"
     );
 }
+
+#[test]
+fn unreadable_episode_needs_a_human_65_and_keeps_everything() {
+    let lab = Lab::new("ship-eacces");
+    let ep = lab.episode("ep-1", 50_000, 1);
+    std::fs::set_permissions(ep.join("meta.json"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Tests run as root, which reads anything: drop the capabilities that
+    // let it, so the permission bits apply as they would to user cis490.
+    let out = run(Command::new("setpriv")
+        .arg("--bounding-set=-dac_override,-dac_read_search")
+        .arg(SHIPPER)
+        .arg("--config")
+        .arg(&lab.cfg.config)
+        .arg("--once"));
+    assert_exit(&out, 65);
+    assert!(
+        stderr(&out).contains("Permission denied") && stderr(&out).contains("ownership"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(names(&lab.data("episodes")), ["ep-1"]);
+    assert!(
+        names(&lab.data("outbox")).is_empty(),
+        "no partial left: {:?}",
+        names(&lab.data("outbox"))
+    );
+}

@@ -206,6 +206,23 @@ struct Tarball {
     packed: Option<(u64, f64)>,
 }
 
+/// Why an episode could not be packed (or its tarball prepared).
+struct PrepError {
+    message: String,
+    /// Retrying will not help (e.g. unreadable files): counted as rejected,
+    /// so the pass exits 65 and an alert fires.
+    needs_human: bool,
+}
+
+impl From<String> for PrepError {
+    fn from(message: String) -> PrepError {
+        PrepError {
+            message,
+            needs_human: false,
+        }
+    }
+}
+
 /// What became of one upload attempt.
 enum Upload {
     Answer(Response, f64),
@@ -295,8 +312,13 @@ impl Pass<'_> {
         }
         let tarball = match self.prepare(id) {
             Ok(t) => t,
+            Err(e) if e.needs_human => {
+                error!("{id}: {}; keeping it, will try again next pass", e.message);
+                self.summary.rejected += 1;
+                return;
+            }
             Err(e) => {
-                error!("{id}: {e}; will retry next pass");
+                error!("{id}: {}; will retry next pass", e.message);
                 self.summary.retry += 1;
                 return;
             }
@@ -418,7 +440,7 @@ impl Pass<'_> {
 
     /// The tarball for `id`: the one in outbox/ if a pass already made it,
     /// else packed now.
-    fn prepare(&mut self, id: &str) -> Result<Tarball, String> {
+    fn prepare(&mut self, id: &str) -> Result<Tarball, PrepError> {
         let path = self.dirs.tarball(id);
         let sidecar = self.dirs.sidecar(id);
         if let Ok(meta) = fs::metadata(&path) {
@@ -450,7 +472,7 @@ impl Pass<'_> {
         self.pack(id)
     }
 
-    fn pack(&mut self, id: &str) -> Result<Tarball, String> {
+    fn pack(&mut self, id: &str) -> Result<Tarball, PrepError> {
         fault::point("pack.start");
         let dir = self.dirs.episodes.join(id);
         let partial = self.dirs.partial(id);
@@ -487,12 +509,21 @@ impl Pass<'_> {
         };
         let (file, packed) = result.map_err(|e| {
             if e.is_no_space() {
-                cleanup(format!(
+                PrepError::from(cleanup(format!(
                     "packing: {e} (free space in {})",
                     self.dirs.outbox.display()
-                ))
+                )))
+            } else if matches!(&e, pack::PackError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+            {
+                // Permissions do not fix themselves between passes.
+                PrepError {
+                    message: cleanup(format!(
+                        "packing: {e} (the shipper's user must be able to read every file: see docs/deploy.md, ownership)"
+                    )),
+                    needs_human: true,
+                }
             } else {
-                cleanup(format!("packing: {e}"))
+                PrepError::from(cleanup(format!("packing: {e}")))
             }
         })?;
         for w in &packed.warnings {
