@@ -449,10 +449,25 @@ fn invalid_episode_names_are_skipped_and_counted() {
     assert!(err.contains("skipping episodes/.hidden"), "{err}");
     assert!(err.contains("2 invalid name(s)"), "{err}");
     assert_eq!(names(&lab.data("shipped")), ["good-1"]);
+    assert!(err.contains("invalid name(s)"), "{err}");
+    // A symlinked episode directory is never followed.
+    let elsewhere = lab.dir.join("elsewhere");
+    make_episode(&elsewhere, "linked", 10_000, 4, true);
+    std::os::unix::fs::symlink(
+        elsewhere.join("episodes/linked"),
+        lab.data("episodes/linked"),
+    )
+    .unwrap();
     // Every pass says it again.
     let out = lab.once();
     assert_exit(&out, 65);
     assert!(stderr(&out).contains("skipping episodes/bad name"));
+    assert!(
+        stderr(&out).contains("skipping episodes/linked: a symlink"),
+        "{}",
+        describe(&out)
+    );
+    assert!(elsewhere.join("episodes/linked/meta.json").exists());
 }
 
 #[test]

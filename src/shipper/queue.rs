@@ -279,7 +279,17 @@ impl Pass<'_> {
         for entry in fs::read_dir(&self.dirs.episodes)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.file_type()?.is_dir() {
+            let kind = entry.file_type()?;
+            if kind.is_symlink() && entry.path().join(MARKER).exists() {
+                // Following it would ship files from wherever it points, and
+                // retiring it would move only the link: refuse, loudly.
+                warn!(
+                    "skipping episodes/{name}: a symlink to a finished episode; move the directory itself into episodes/"
+                );
+                self.summary.invalid_names += 1;
+                continue;
+            }
+            if !kind.is_dir() {
                 continue;
             }
             let marker = entry.path().join(MARKER);
