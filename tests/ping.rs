@@ -377,3 +377,41 @@ fn no_dangerous_verifier_in_the_source() {
     );
     assert!(hits.is_empty(), "{hits:?}");
 }
+
+/// Behind a TLS-terminating proxy, the loopback plain listener identifies by
+/// token alone, while the TLS listener of the same receiver still binds the
+/// certificate to the host.
+#[test]
+fn plain_listener_next_to_mtls_identifies_by_token() {
+    let dir = TempDir::new("ping-both");
+    let pki = TestPki::new(&dir.join("pki"));
+    let mut opts = ReceiverOptions::tls(&pki, &dir.join("store"));
+    opts.listen_plain = Some("127.0.0.1:0".into());
+    let r = Receiver::start(dir.path(), &opts);
+    let plain = r.http.unwrap();
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+        ])
+        .arg(format!("Authorization: Bearer {TOKEN_A}"))
+        .arg(format!("http://{plain}/v1/ping")));
+    assert_eq!(stdout(&out), "200", "{}", describe(&out));
+    let crossed = pki.client("lab-02");
+    let cfg = shipper_config(
+        dir.path(),
+        "lab-01",
+        &r.url(),
+        &pki.ca_file,
+        Some(&crossed),
+        TOKEN_A,
+        "",
+    );
+    assert_exit(&shipper(&cfg.config, &["--ping"]), 77);
+}

@@ -170,6 +170,9 @@ struct Ctx<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
     cert: Option<CertificateDer<'static>>,
+    /// Whether this connection came through our TLS listener (else the
+    /// loopback plain listener, behind a proxy that did TLS itself).
+    tls: bool,
 }
 
 pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
@@ -194,6 +197,7 @@ pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
         shared,
         peer,
         cert: stream.peer_cert(),
+        tls,
     };
     // A second handle on the same socket, to shrink its timeout between
     // reads while `stream` is mutably borrowed by the reader.
@@ -415,7 +419,9 @@ fn handle(
             started,
         );
     };
-    if cfg.client_ca_file.is_some() {
+    // The plain listener is loopback-only, for a proxy that terminated TLS
+    // (and client certificates) itself: there the token alone identifies.
+    if ctx.tls && cfg.client_ca_file.is_some() {
         let bound = match &ctx.cert {
             Some(c) => tls::cert_names_host(c, host),
             None => Err("no client certificate"),
