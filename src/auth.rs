@@ -87,16 +87,7 @@ impl fmt::Debug for TokenHash {
 impl TokenHash {
     /// 64 lowercase hex digits, as `sha256sum` prints them.
     pub fn from_hex(s: &str) -> Option<TokenHash> {
-        let b = s.as_bytes();
-        if b.len() != 64 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let nib = |c: u8| if c <= b'9' { c - b'0' } else { c - b'a' + 10 };
-        let mut out = [0u8; 32];
-        for (i, pair) in b.chunks(2).enumerate() {
-            out[i] = nib(pair[0]) << 4 | nib(pair[1]);
-        }
-        Some(TokenHash(out))
+        crate::hashing::from_hex32(s).map(TokenHash)
     }
 }
 

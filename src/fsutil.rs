@@ -7,8 +7,8 @@
 //! error, so a second fsync "succeeds" over lost data (PostgreSQL's
 //! fsyncgate). Callers treat it as the end of that attempt.
 
-use std::fs::File;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::fault;
@@ -40,4 +40,25 @@ pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Writes a small file so that `dest` is either absent (or its old
+/// version) or complete: write `tmp`, fsync it, rename it over `dest`. The
+/// caller fsyncs the directory when the rename must be durable, and picks a
+/// `tmp` name no one else uses at the same time. On error `tmp` is removed.
+pub fn write_atomically(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)?;
+        f.write_all(bytes)?;
+        sync_file(&f)?;
+        fs::rename(tmp, dest)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    res
 }

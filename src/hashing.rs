@@ -134,6 +134,41 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// 64 lowercase hex digits as 32 bytes (the form `sha256sum` prints and
+/// `to_hex` writes); anything else is `None`.
+pub fn from_hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let nib = |c: u8| if c <= b'9' { c - b'0' } else { c - b'a' + 10 };
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        out[i] = (nib(pair[0]) << 4) | nib(pair[1]);
+    }
+    Some(out)
+}
+
+/// A digest sidecar's content, in `sha256sum` format so `sha256sum -c`
+/// checks it: `<hex>  <file name>`. Both the shipper's outbox and the
+/// receiver's store keep one beside each tarball.
+pub fn sidecar_line(sha256: &[u8; 32], file_name: &str) -> String {
+    format!("{}  {file_name}\n", to_hex(sha256))
+}
+
+/// The digest recorded in a sidecar, or `None` if it is missing or does not
+/// hold one (the caller then re-hashes: a sidecar is never trusted blindly).
+pub fn read_sidecar(path: &Path) -> Option<[u8; 32]> {
+    let mut text = String::new();
+    // A sidecar is one short line; a huge file is not one.
+    File::open(path)
+        .ok()?
+        .take(512)
+        .read_to_string(&mut text)
+        .ok()?;
+    from_hex32(text.split_whitespace().next()?)
+}
+
 /// SHA-256 and length of the file at `path`, read as a stream (memory stays at
 /// one 256 KiB buffer whatever the size).
 ///

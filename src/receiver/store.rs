@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -163,7 +163,7 @@ impl Store {
             Ok(_) => {}
         }
         let sidecar = Self::sidecar_path(&final_path);
-        if let Some(d) = read_sidecar(&sidecar) {
+        if let Some(d) = hashing::read_sidecar(&sidecar) {
             return Ok(Existing::Present(d));
         }
         let (digest, _) = hashing::sha256_file(&final_path)
@@ -218,33 +218,15 @@ impl Store {
     }
 }
 
-fn read_sidecar(path: &Path) -> Option<[u8; 32]> {
-    let mut s = String::new();
-    File::open(path)
-        .ok()?
-        .take(512)
-        .read_to_string(&mut s)
-        .ok()?;
-    let hex = s.split_whitespace().next()?;
-    crate::auth::TokenHash::from_hex(hex).map(|h| h.0)
-}
-
 fn write_sidecar(path: &Path, digest: &[u8; 32], final_path: &Path) -> io::Result<()> {
     let name = final_path.file_name().unwrap_or_default().to_string_lossy();
+    // Unique per upload: concurrent uploads may write sidecars at once.
     let tmp = path.with_file_name(format!(
         "{TEMP_PREFIX}sidecar.{}.{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let res = f
-        .write_all(format!("{}  {name}\n", hashing::to_hex(digest)).as_bytes())
-        .and_then(|()| fsutil::sync_file(&f))
-        .and_then(|()| fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    fsutil::write_atomically(&tmp, path, hashing::sidecar_line(digest, &name).as_bytes())
 }
 
 /// An upload in progress. Dropping it without `commit` removes the temp, so

@@ -21,7 +21,7 @@
 //! bytes the receiver already holds gets 200.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -457,7 +457,7 @@ impl Pass<'_> {
             if meta.len() == 0 {
                 warn!("{}: empty tarball; repacking", path.display());
                 remove_if_exists(&path).map_err(|e| e.to_string())?;
-            } else if let Some(sha256) = read_sidecar(&sidecar) {
+            } else if let Some(sha256) = hashing::read_sidecar(&sidecar) {
                 return Ok(Tarball {
                     path,
                     sha256,
@@ -689,36 +689,17 @@ fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The sidecar of `<id>.tar.zst`.
 fn sidecar_line(sha256: &[u8; 32], id: &str) -> String {
-    format!("{}  {id}.tar.zst\n", to_hex(sha256))
+    hashing::sidecar_line(sha256, &format!("{id}.tar.zst"))
 }
 
-fn read_sidecar(path: &Path) -> Option<[u8; 32]> {
-    let text = fs::read_to_string(path).ok()?;
-    let hex = text.split_whitespace().next()?;
-    crate::auth::TokenHash::from_hex(hex).map(|h| h.0)
-}
-
-/// Writes a small file so that it is either absent or complete: tmp,
-/// fsync, rename. (The directory fsync comes with the next step.)
+/// Writes a small outbox file (sidecar, conflict note) via `<name>.tmp`;
+/// only one pass runs at a time (the lock), and tidy removes stale `.tmp`s.
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        fsutil::sync_file(&f)?;
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    fsutil::write_atomically(Path::new(&tmp), path, bytes)
 }
 
 #[cfg(test)]
