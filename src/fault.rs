@@ -23,6 +23,8 @@ pub const POINTS: &[&str] = &[
     "up.mid_body",
     "up.after_body",
     "up.after_status",
+    "ship.after_receipt",
+    "ship.after_confirm",
     "ship.after_rename",
     "ship.after_dirfsync",
     "clean.after_unlink",

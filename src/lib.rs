@@ -8,11 +8,14 @@
 //! side needs.
 //!
 //! `unsafe` is denied everywhere but in `signal` (sigwait for the receiver's
-//! clean shutdown) and `fault` (a test-only SIGKILL), each a few audited lines.
+//! clean shutdown), `dirfd` (openat and friends, so a walk over another
+//! user's tree never follows a symlink) and `fault` (a test-only SIGKILL),
+//! each a few audited lines.
 #![deny(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod dirfd;
 pub mod exit;
 pub mod fault;
 pub mod fsutil;

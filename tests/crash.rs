@@ -294,6 +294,10 @@ impl World {
 
     /// I1-I4 after a crash; returns the ids the receiver holds.
     fn check_invariants(&self, case: &str) -> BTreeSet<String> {
+        // The log first, the store after: a receiver still finishing an
+        // upload logs its 2xx only once the file is final, so whatever the
+        // log acknowledges here is in the listing below.
+        let log = self.receiver.as_ref().map(Receiver::log_text);
         // I1: each id in exactly one of episodes/ and shipped/.
         for id in IDS {
             let e = self.data("episodes").join(id).exists();
@@ -321,6 +325,9 @@ impl World {
                     );
                 }
             } else if let Some(id) = name.strip_suffix(".tar.zst.sha256") {
+                assert!(IDS.contains(&id), "{case}: I2: unexpected {name}");
+            } else if let Some(id) = name.strip_suffix(".receipt") {
+                // The receiver confirmed it: checked against the store (I4).
                 assert!(IDS.contains(&id), "{case}: I2: unexpected {name}");
             } else {
                 panic!("{case}: I2: unexpected file outbox/{name}");
@@ -356,10 +363,20 @@ impl World {
                 panic!("{case}: I3: unexpected file in the store: {name}");
             }
         }
-        // I4: acknowledged (2xx logged by the receiver, or retired
-        // locally) => the receiver holds it.
-        let log = self.receiver.as_ref().map(Receiver::log_text);
+        // I4: acknowledged (2xx logged by the receiver, a receipt in the
+        // outbox, or retired locally) => the receiver holds these bytes.
         for id in IDS {
+            if let Some(want) = sidecar_hex(&self.data("outbox").join(format!("{id}.receipt"))) {
+                assert!(
+                    held.contains(id),
+                    "{case}: I4: receipt for {id} but not stored"
+                );
+                assert_eq!(
+                    sha256_file(&self.final_path(id)),
+                    want,
+                    "{case}: I4: receipt of {id} vs the stored bytes"
+                );
+            }
             if self.data("shipped").join(id).exists() {
                 assert!(
                     held.contains(id),

@@ -202,9 +202,28 @@ fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
             sync_outbox < first_send,
             "{ep}: sent at line {first_send} before the outbox fsync at {sync_outbox}"
         );
-        let retire = expect(
+        // The receiver's answer is recorded before anything relies on it:
+        // the sidecar becomes the receipt, the tarball goes, outbox/ is
+        // synced; only then is the episode moved, and the receipt is
+        // dropped only once that move is durable.
+        let receipt = expect(
             &lines,
             sync_outbox,
+            &[
+                "rename",
+                &format!("/outbox/{ep}.tar.zst.sha256\""),
+                &format!("/outbox/{ep}.receipt\""),
+            ],
+        );
+        let unlink_tarball = expect(
+            &lines,
+            receipt,
+            &["unlink", &format!("/outbox/{ep}.tar.zst\"")],
+        );
+        let sync_receipt = expect(&lines, unlink_tarball, &["fsync(", &outbox]);
+        let retire = expect(
+            &lines,
+            sync_receipt,
             &[
                 "rename",
                 &format!("/episodes/{ep}\""),
@@ -216,11 +235,11 @@ fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
         let unlink = expect(
             &lines,
             retire,
-            &["unlink", &format!("/outbox/{ep}.tar.zst\"")],
+            &["unlink", &format!("/outbox/{ep}.receipt\"")],
         );
         assert!(
             sync_episodes < unlink && sync_shipped < unlink,
-            "{ep}: tarball deleted before the retire was durable"
+            "{ep}: receipt deleted before the retire was durable"
         );
         from = unlink;
     }

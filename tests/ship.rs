@@ -261,8 +261,11 @@ fn crash_after_store_before_retire_gets_200_and_retires() {
     );
 }
 
+/// D1: a second copy under an id already in shipped/ is never deleted,
+/// even once the receiver confirmed its bytes: it is quarantined for a
+/// human, both copies kept, and nothing is uploaded again for it.
 #[test]
-fn shipped_duplicate_is_dropped_after_the_receiver_confirms() {
+fn second_copy_of_a_shipped_id_is_quarantined_never_deleted() {
     let lab = Lab::new("ship-dup");
     lab.episode("ep-1", 100_000, 1);
     assert_exit(&lab.once(), 0);
@@ -274,14 +277,31 @@ fn shipped_duplicate_is_dropped_after_the_receiver_confirms() {
     // replace the receiver's copy with the repacked bytes for this check.
     std::fs::remove_file(lab.stored("ep-1")).unwrap();
     let out = lab.once();
-    assert_exit(&out, 0);
+    assert_exit(&out, 65);
     assert!(
-        stderr(&out).contains("already exists; removing the duplicate"),
+        stderr(&out).contains("shipped/ep-1 already exists: a second copy under one id"),
         "{}",
         describe(&out)
     );
-    assert!(names(&lab.data("episodes")).is_empty());
+    assert_eq!(names(&lab.data("episodes")), ["ep-1"]);
     assert_eq!(names(&lab.data("shipped")), ["ep-1"]);
+    // The receiver confirmed it: the tarball is gone, the receipt stays.
+    assert_eq!(
+        names(&lab.data("outbox")),
+        ["ep-1.conflict", "ep-1.receipt"]
+    );
+    let note = std::fs::read_to_string(lab.data("outbox/ep-1.conflict")).unwrap();
+    assert!(note.contains("Nothing was deleted"), "{note}");
+    // Quarantined until a human acts, every pass, without uploading.
+    let puts = lab.puts_logged();
+    assert_exit(&lab.once(), 65);
+    assert_eq!(lab.puts_logged(), puts);
+    // The human decides they are one recording: deletes the second copy
+    // and the note; the receipt goes with the episode.
+    std::fs::remove_dir_all(lab.data("episodes/ep-1")).unwrap();
+    std::fs::remove_file(lab.data("outbox/ep-1.conflict")).unwrap();
+    assert_exit(&lab.once(), 0);
+    assert!(names(&lab.data("outbox")).is_empty());
 }
 
 #[test]

@@ -31,6 +31,10 @@ use crate::protocol::Reply;
 const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 /// Largest response body we read; ours are small JSON documents.
 const MAX_RESPONSE_BODY: u64 = 64 * 1024;
+/// How long to look for an answer after a body write failed: the receiver
+/// writes its error answer before it closes, so it is already in our
+/// socket buffer or arrives at once.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(2);
 const BODY_CHUNK: usize = 256 * 1024;
 
 /// Where in the path a request failed.
@@ -74,6 +78,9 @@ pub enum ClientError {
     },
     /// The receiver answered something that is not valid HTTP for us.
     Protocol(String),
+    /// Reading the body to send (our own tarball) failed: a local disk
+    /// problem, not the network's.
+    Body(io::Error),
 }
 
 impl ClientError {
@@ -84,6 +91,7 @@ impl ClientError {
             ClientError::Tls { .. } => Stage::Tls,
             ClientError::Timeout { stage } | ClientError::Io { stage, .. } => *stage,
             ClientError::Protocol(_) => Stage::Receive,
+            ClientError::Body(_) => Stage::Send,
         }
     }
 
@@ -101,6 +109,7 @@ impl ClientError {
             }
             ClientError::Io { .. } => "the connection broke: check the receiver's logs and the network; the next pass retries",
             ClientError::Protocol(_) => "is `receiver` pointing at cis490-receiver (or a proxy in front of it)?",
+            ClientError::Body(_) => "the outbox tarball could not be read: check the lab host's disk (dmesg); the next pass repacks if it is gone",
         }
     }
 
@@ -134,11 +143,22 @@ impl fmt::Display for ClientError {
                 write!(f, "connection failed ({stage}): {source}")
             }
             ClientError::Protocol(m) => write!(f, "unexpected answer from the receiver: {m}"),
+            ClientError::Body(e) => write!(f, "reading the tarball to send: {e}"),
         }
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Resolve { source, .. }
+            | ClientError::Connect { source, .. }
+            | ClientError::Io { source, .. }
+            | ClientError::Body(source) => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// Turns an I/O error on an established connection into a `ClientError`,
 /// recognising TLS alerts (in TLS 1.3 a rejected client certificate shows up
@@ -404,7 +424,17 @@ impl Connection {
             Err(ClientError::Timeout { .. }) => {} // no interim answer: send anyway
             Err(e) => return Err(e),
         }
-        self.send_body(body, progress)?;
+        if let Err(e) = self.send_body(body, progress) {
+            return match e {
+                // The receiver may have answered and closed mid-body (507
+                // out of space, 408): that answer, not "broken pipe", is
+                // what happened, and it decides what the pass does next.
+                ClientError::Io { .. } | ClientError::Timeout { .. } => {
+                    self.answer_after_failed_send().ok_or(e)
+                }
+                e => Err(e),
+            };
+        }
         // Once the body went out, a dead connection is no stale keep-alive:
         // the receiver died while handling this request (the next pass
         // repeats it; no blind retry here).
@@ -434,24 +464,16 @@ impl Connection {
             let n = match body.reader.read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.reusable = false;
-                    return Err(ClientError::Io {
-                        stage: Stage::Send,
-                        source: io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the tarball is shorter than announced",
-                        ),
-                        before_response: false,
-                    });
+                    return Err(ClientError::Body(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the tarball is shorter than announced",
+                    )));
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.reusable = false;
-                    return Err(ClientError::Io {
-                        stage: Stage::Send,
-                        source: e,
-                        before_response: false,
-                    });
+                    return Err(ClientError::Body(e));
                 }
             };
             if let Err(e) = self.tls.write_all(&chunk[..n]) {
@@ -476,6 +498,17 @@ impl Connection {
         progress(sent);
         fault::point("up.after_body");
         Ok(())
+    }
+
+    /// After a failed body write: an answer the receiver sent before it
+    /// closed, if one arrives within `EARLY_ANSWER_WAIT`.
+    fn answer_after_failed_send(&mut self) -> Option<Response> {
+        self.reusable = false;
+        let sock = self.tls.sock.try_clone().ok()?;
+        sock.set_read_timeout(Some(EARLY_ANSWER_WAIT)).ok()?;
+        let r = self.read_final().ok();
+        let _ = sock.set_read_timeout(sock.write_timeout().ok().flatten());
+        r
     }
 
     /// Reads answers until a final (non-1xx) one.

@@ -9,10 +9,12 @@
 
 pub mod cli;
 pub mod client;
+pub mod outbox;
 pub mod pack;
 pub mod ping;
 pub mod progress;
 pub mod queue;
+pub mod tree;
 
 use crate::config::ShipperConfig;
 use crate::tls::{self, TlsError};

@@ -2,7 +2,7 @@
 //! in a single pass, never reading the output back.
 //!
 //! ```text
-//!  episode dir ──walk (sorted, lstat)──▶ tar::Builder ─▶ CountingWriter (raw bytes)
+//!  episode dir ──tree::walk (sorted, by descriptor)──▶ tar::Builder ─▶ CountingWriter (raw bytes)
 //!      ─▶ zstd::Encoder (checksum, optional workers) ─▶ HashingWriter (sha256) ─▶ File
 //! ```
 //!
@@ -10,7 +10,11 @@
 //! directories and symlinks, all under `<episode_id>/`), in what order (byte
 //! order of names, depth first) and with what metadata (mode and mtime; owners
 //! zeroed), so that the same tree always yields the same bytes and digest. It
-//! also owns the check that no file changed size while it was read.
+//! also owns the check that no file changed while it was read: its size
+//! against the tar header (`ExactReader`), and its `fstat` (size, mtime,
+//! ctime) before and after reading, so a rewrite in place of the same size
+//! is caught too. The walk itself (order, descriptors, fingerprint) is
+//! `tree`'s.
 //!
 //! It does not own the output file: the caller creates
 //! `outbox/<id>.tar.zst.partial`, passes it in, and after `pack_episode`
@@ -19,16 +23,17 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
+use crate::dirfd::{Kind, Stat};
 use crate::fsutil;
 use crate::hashing::{CountingWriter, HashingWriter};
+use crate::shipper::tree::{self, Entry, Fingerprint, WalkError};
 
 /// Size of the copy buffer between a source file and the tar stream, allocated
 /// once a pack. 256 KiB means few `read` syscalls even where readahead is
@@ -63,6 +68,9 @@ pub struct Packed {
     pub sha256: [u8; 32],
     /// Entries left out, one sentence each (fifos, sockets, devices).
     pub warnings: Vec<String>,
+    /// What the walk saw: kept beside the tarball, so the tarball is reused
+    /// (and the episode retired) only while the episode is still this tree.
+    pub tree: Fingerprint,
 }
 
 /// How a file differed from the size recorded in its tar header.
@@ -77,6 +85,9 @@ pub enum Change {
     Grew,
     /// The path named another file (or a non-file) by the time it was opened.
     Replaced,
+    /// Same size, but its mtime or ctime moved while it was read: written
+    /// in place (the archive would hold a mix of old and new bytes).
+    Rewritten,
 }
 
 /// The step of writing the output that failed.
@@ -183,6 +194,11 @@ impl fmt::Display for PackError {
                     "{} was replaced while being packed: {RETRY}",
                     path.display()
                 ),
+                Change::Rewritten => write!(
+                    f,
+                    "{} was modified while being packed (same size, new mtime/ctime): {RETRY}",
+                    path.display()
+                ),
             },
             PackError::Write { phase, source } => {
                 let what = match phase {
@@ -229,16 +245,6 @@ pub fn pack_episode(
             id: episode_id.to_string(),
         });
     }
-    let top = fs::symlink_metadata(episode_dir).map_err(|source| PackError::Read {
-        path: episode_dir.to_path_buf(),
-        source,
-    })?;
-    if !top.is_dir() {
-        return Err(PackError::NotADirectory {
-            path: episode_dir.to_path_buf(),
-        });
-    }
-
     let setup = |source| PackError::Write {
         phase: WritePhase::Setup,
         source,
@@ -261,7 +267,7 @@ pub fn pack_episode(
         // a small episode gets a report while the output is still incomplete.
         next_report: 1,
     };
-    packer.walk(episode_dir, episode_id, &top)?;
+    let tree = tree::walk(episode_dir, episode_id, &mut |e| packer.append(e))?;
 
     // Finish each layer by hand: `Drop` would swallow errors, and a zstd
     // frame that is never ended is a truncated file.
@@ -293,42 +299,28 @@ pub fn pack_episode(
             compressed_bytes,
             sha256,
             warnings,
+            tree,
         },
     ))
+}
+
+impl From<WalkError> for PackError {
+    fn from(e: WalkError) -> PackError {
+        match e {
+            WalkError::NotADirectory(path) => PackError::NotADirectory { path },
+            WalkError::Read { path, source } => PackError::Read { path, source },
+            WalkError::Replaced(path) => PackError::Changed {
+                path,
+                size: 0,
+                change: Change::Replaced,
+            },
+        }
+    }
 }
 
 /// True if `id` can be the top directory of the archive as is.
 fn is_plain_component(id: &str) -> bool {
     !id.is_empty() && id != "." && id != ".." && !id.contains(['/', '\0'])
-}
-
-/// One directory being listed: its entries, sorted, consumed from the end.
-struct Frame {
-    src: PathBuf,
-    name: PathBuf,
-    /// Sorted in *descending* byte order so `pop` yields ascending order.
-    children: Vec<OsString>,
-}
-
-impl Frame {
-    fn open(src: PathBuf, name: PathBuf) -> Result<Frame, PackError> {
-        let read_err = |source| PackError::Read {
-            path: src.clone(),
-            source,
-        };
-        let mut children = Vec::new();
-        for entry in fs::read_dir(&src).map_err(read_err)? {
-            children.push(entry.map_err(read_err)?.file_name());
-        }
-        // Byte order, not locale or readdir order: the archive must not depend
-        // on how the filesystem happens to hash or store names.
-        children.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-        Ok(Frame {
-            src,
-            name,
-            children,
-        })
-    }
 }
 
 struct Packer<'p> {
@@ -340,58 +332,31 @@ struct Packer<'p> {
 }
 
 impl Packer<'_> {
-    /// Appends the top directory and everything below it, depth first.
-    ///
-    /// An explicit stack rather than recursion, so a deep tree costs heap, not
-    /// call stack.
-    fn walk(&mut self, dir: &Path, id: &str, top: &Metadata) -> Result<(), PackError> {
-        self.append_dir(Path::new(id), top)?;
-        let mut stack = vec![Frame::open(dir.to_path_buf(), PathBuf::from(id))?];
-        while let Some(frame) = stack.last_mut() {
-            let Some(child) = frame.children.pop() else {
-                stack.pop();
-                continue;
-            };
-            let src = frame.src.join(&child);
-            let name = frame.name.join(&child);
-            let meta = fs::symlink_metadata(&src).map_err(|source| PackError::Read {
-                path: src.clone(),
-                source,
-            })?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                self.append_dir(&name, &meta)?;
-                stack.push(Frame::open(src, name)?);
-            } else if ft.is_file() {
-                self.append_file(&src, &name, &meta)?;
-            } else if ft.is_symlink() {
-                self.append_symlink(&src, &name, &meta)?;
-            } else {
-                let kind = if ft.is_fifo() {
-                    "a fifo"
-                } else if ft.is_socket() {
-                    "a socket"
-                } else if ft.is_block_device() {
-                    "a block device"
-                } else if ft.is_char_device() {
-                    "a character device"
-                } else {
-                    "of an unknown type"
-                };
-                self.warnings.push(format!(
-                    "skipped {}: it is {kind} (only files, directories and symlinks are packed)",
-                    src.display()
-                ));
-            }
-        }
+    /// Appends one entry the walk reached (directories are opened and
+    /// descended into by the walk itself).
+    fn append(&mut self, e: &Entry<'_>) -> Result<(), PackError> {
+        let kind = match e.stat.kind() {
+            Kind::Dir => return self.append_dir(e.name, &e.stat),
+            Kind::File => return self.append_file(e),
+            Kind::Symlink => return self.append_symlink(e),
+            Kind::Fifo => "a fifo",
+            Kind::Socket => "a socket",
+            Kind::BlockDevice => "a block device",
+            Kind::CharDevice => "a character device",
+            Kind::Unknown => "of an unknown type",
+        };
+        self.warnings.push(format!(
+            "skipped {}: it is {kind} (only files, directories and symlinks are packed)",
+            e.path.display()
+        ));
         Ok(())
     }
 
-    fn append_dir(&mut self, name: &Path, meta: &Metadata) -> Result<(), PackError> {
+    fn append_dir(&mut self, name: &Path, st: &Stat) -> Result<(), PackError> {
         // A trailing slash, as GNU tar writes directory names.
         let mut with_slash = OsString::from(name.as_os_str());
         with_slash.push("/");
-        let mut header = header_for(meta, EntryType::Directory, 0);
+        let mut header = header_for(st, EntryType::Directory, 0);
         self.builder
             .append_data(&mut header, Path::new(&with_slash), io::empty())
             .map_err(write_err)?;
@@ -399,62 +364,63 @@ impl Packer<'_> {
         Ok(())
     }
 
-    fn append_symlink(
-        &mut self,
-        src: &Path,
-        name: &Path,
-        meta: &Metadata,
-    ) -> Result<(), PackError> {
-        let target = fs::read_link(src).map_err(|source| PackError::Read {
-            path: src.to_path_buf(),
+    fn append_symlink(&mut self, e: &Entry<'_>) -> Result<(), PackError> {
+        let (parent, leaf) = e.parent.expect("the top is a directory");
+        // readlinkat reads the link itself: a link is stored, never followed.
+        let target = parent.read_link(leaf).map_err(|source| PackError::Read {
+            path: e.path.to_path_buf(),
             source,
         })?;
-        let mut header = header_for(meta, EntryType::Symlink, 0);
+        let mut header = header_for(&e.stat, EntryType::Symlink, 0);
         // Store the target byte for byte when it fits: `set_link_name` and
         // `append_link` would normalise it (`a/./b` → `a/b`). A target too long
         // for the header goes through `append_link`, whose GNU long-link entry
         // is literal too.
-        if header
-            .set_link_name_literal(target.as_os_str().as_bytes())
-            .is_ok()
-        {
+        if header.set_link_name_literal(target.as_bytes()).is_ok() {
             self.builder
-                .append_data(&mut header, name, io::empty())
+                .append_data(&mut header, e.name, io::empty())
                 .map_err(write_err)?;
         } else {
             self.builder
-                .append_link(&mut header, name, &target)
+                .append_link(&mut header, e.name, &target)
                 .map_err(write_err)?;
         }
         self.report();
         Ok(())
     }
 
-    fn append_file(&mut self, src: &Path, name: &Path, lmeta: &Metadata) -> Result<(), PackError> {
+    fn append_file(&mut self, e: &Entry<'_>) -> Result<(), PackError> {
+        let src = e.path;
+        let (parent, leaf) = e.parent.expect("the top is a directory");
         let read_err = |source| PackError::Read {
             path: src.to_path_buf(),
             source,
         };
-        // O_NOFOLLOW: if the file was swapped for a symlink since the lstat,
-        // fail rather than pack the link's target. O_NONBLOCK: if it was
-        // swapped for a fifo, don't hang in open (no effect on regular files).
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(src)
-            .map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() || meta.dev() != lmeta.dev() || meta.ino() != lmeta.ino() {
-            return Err(PackError::Changed {
-                path: src.to_path_buf(),
-                size: lmeta.len(),
-                change: Change::Replaced,
-            });
+        let changed = |change| PackError::Changed {
+            path: src.to_path_buf(),
+            size: e.stat.size,
+            change,
+        };
+        // Opened relative to its parent's descriptor with O_NOFOLLOW (see
+        // `dirfd`): a symlink swapped in at any depth fails the open instead
+        // of being followed.
+        let file = parent
+            .open_file(leaf)
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::ELOOP) => changed(Change::Replaced),
+                _ => read_err(err),
+            })?;
+        // The header promises what this fstat says; the walk's fstatat must
+        // describe the same version, or the file is being changed under us.
+        let before = Stat::of(&file).map_err(read_err)?;
+        if before.kind() != Kind::File || !before.same_inode(&e.stat) {
+            return Err(changed(Change::Replaced));
         }
-        // The size of the file we hold open, not of the earlier lstat: it is
-        // the one whose bytes the header promises.
-        let size = meta.len();
-        let mut header = header_for(&meta, EntryType::Regular, size);
+        if !before.same_version(&e.stat) {
+            return Err(changed(Change::Rewritten));
+        }
+        let size = before.size;
+        let mut header = header_for(&before, EntryType::Regular, size);
         // Only the header (and any GNU long-name entry) goes through the tar
         // crate: with an empty body `append_data` writes no padding. The body
         // is copied below by our own loop rather than the crate's `io::copy`,
@@ -463,7 +429,7 @@ impl Packer<'_> {
         // progress is reported inside large files. The crate would not check
         // the length either; `ExactReader` does.
         self.builder
-            .append_data(&mut header, name, io::empty())
+            .append_data(&mut header, e.name, io::empty())
             .map_err(write_err)?;
 
         let mut reader = ExactReader::new(&file, size);
@@ -491,6 +457,13 @@ impl Packer<'_> {
                 .write_all(&self.buf[..n])
                 .map_err(write_err)?;
             self.report();
+        }
+        // Same size is not same bytes: a recorder rewriting a file in place
+        // keeps the size but moves mtime and ctime, and what we read is then
+        // a mix of both versions.
+        let after = Stat::of(&file).map_err(read_err)?;
+        if !after.same_version(&before) {
+            return Err(changed(Change::Rewritten));
         }
         // Pad the body to a whole 512-byte block, as `append` would have.
         let tail = (size % 512) as usize;
@@ -524,14 +497,14 @@ fn write_err(source: io::Error) -> PackError {
 /// A GNU header with the metadata we keep: type, size, permission bits and
 /// mtime. Owners are zeroed (uid/gid 0, no names): they mean nothing on the
 /// central node and would make the bytes depend on the lab host's accounts.
-fn header_for(meta: &Metadata, kind: EntryType, size: u64) -> Header {
+fn header_for(st: &Stat, kind: EntryType, size: u64) -> Header {
     let mut header = Header::new_gnu();
     header.set_entry_type(kind);
     header.set_size(size);
-    header.set_mode(meta.mode() & 0o7777);
+    header.set_mode(st.mode & 0o7777);
     // Seconds only (sub-second times would need pax headers); times before
     // 1970 are clamped, since the octal field cannot hold a negative number.
-    header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+    header.set_mtime(u64::try_from(st.mtime).unwrap_or(0));
     header.set_uid(0);
     header.set_gid(0);
     header
@@ -604,6 +577,8 @@ mod tests {
 
     use std::collections::BTreeMap;
     use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -925,7 +900,11 @@ mod tests {
             let t = opts.threads;
             let pa = pack_to(&a, "ep", &tmp.join(format!("a{t}")), &opts).unwrap();
             let pa2 = pack_to(&a, "ep", &tmp.join(format!("a2{t}")), &opts).unwrap();
-            let pb = pack_to(&b, "ep", &tmp.join(format!("b{t}")), &opts).unwrap();
+            let mut pb = pack_to(&b, "ep", &tmp.join(format!("b{t}")), &opts).unwrap();
+            // A copy has other inodes and ctimes: the tree fingerprint tells
+            // the two apart by design, the archive bytes must not.
+            assert_ne!(pb.tree, pa.tree);
+            pb.tree = pa.tree;
             assert_eq!(pa, pa2);
             assert_eq!(pa, pb);
             let (digest, len) = sha256_file(&tmp.join(format!("a{t}"))).unwrap();
@@ -1051,6 +1030,116 @@ mod tests {
         );
         assert!(msg.contains("retried next pass"), "{msg}");
         assert!(!err.is_no_space());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// D6: a recorder rewriting the first and last MiB of a file in place
+    /// (same size) while it is packed: the archive would hold old bytes at
+    /// the front and new ones at the back. The fstat after reading sees the
+    /// new mtime/ctime.
+    #[test]
+    fn a_file_rewritten_in_place_while_packed_is_an_error() {
+        let tmp = temp_dir("rewrite");
+        let ep = tmp.join("ep");
+        fs::create_dir_all(&ep).unwrap();
+        let data = ep.join("data");
+        fs::write(&data, vec![5u8; 4 << 20]).unwrap();
+        // Written long ago, as a finished recording is.
+        set_mtime(&data, 1_700_000_000);
+        let err = pack_meddling(&ep, &tmp.join("out"), || {
+            use std::os::unix::fs::FileExt;
+            let f = File::options().write(true).open(&data).unwrap();
+            f.write_all_at(&[6u8; 1 << 20], 0).unwrap();
+            f.write_all_at(&[6u8; 1 << 20], 3 << 20).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, PackError::Changed { change: Change::Rewritten, path, .. } if *path == data),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("was modified while being packed"),
+            "{err}"
+        );
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// D4: a directory swapped for a symlink (to a directory only the
+    /// shipper may read) after the walk listed it: nothing of the link's
+    /// target is ever packed, because every open is relative to the
+    /// descriptor of the directory that was listed.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_walk_is_never_followed() {
+        let tmp = temp_dir("swap");
+        let secret = tmp.join("secret");
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("b-frame"), b"SECRET-BYTES").unwrap();
+        let ep = tmp.join("ep");
+        fs::create_dir_all(ep.join("sub")).unwrap();
+        // `a-big` is read first; while it is, `sub` becomes a symlink.
+        fs::write(ep.join("sub/a-big"), vec![1u8; 4 << 20]).unwrap();
+        fs::write(ep.join("sub/b-frame"), b"recorded frame").unwrap();
+        let out = tmp.join("out.tar.zst");
+        let packed = pack_meddling(&ep, &out, || {
+            fs::rename(ep.join("sub"), ep.join("sub.orig")).unwrap();
+            symlink(&secret, ep.join("sub")).unwrap();
+        });
+        if packed.is_ok() {
+            let dest = tmp.join("dest");
+            extract_with_cli(&out, &dest);
+            let frame = fs::read(dest.join("ep/sub/b-frame")).unwrap();
+            assert_eq!(frame, b"recorded frame");
+        }
+        let raw = run(Command::new("zstd").args(["-dc"]).arg(&out));
+        assert!(
+            !raw.windows(12).any(|w| w == b"SECRET-BYTES"),
+            "the symlink's target was packed"
+        );
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// D5: a tree deeper than PATH_MAX packs faithfully (GNU long names),
+    /// since nothing is ever opened by its full path.
+    #[test]
+    fn paths_longer_than_path_max_are_packed() {
+        let tmp = temp_dir("deep");
+        let ep = tmp.join("ep");
+        fs::create_dir_all(&ep).unwrap();
+        let name = "d".repeat(200);
+        // Built one level at a time, relative to the last (the full path
+        // is too long for mkdir(2) itself, and for the shell's `cd`).
+        let script = format!(
+            "import os, sys\n\
+             fd = os.open(sys.argv[1], os.O_DIRECTORY)\n\
+             for _ in range(25):\n\
+             \x20   os.mkdir('{name}', dir_fd=fd)\n\
+             \x20   fd = os.open('{name}', os.O_DIRECTORY, dir_fd=fd)\n\
+             f = os.open('file', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)\n\
+             os.write(f, b'deep')\n"
+        );
+        let st = Command::new("python3")
+            .args(["-c", &script])
+            .arg(&ep)
+            .status()
+            .expect("python3");
+        assert!(st.success());
+        let out = tmp.join("out.tar.zst");
+        let packed = pack_to(&ep, "ep", &out, &OPTS).unwrap();
+        assert_eq!(packed.tree.entries, 27);
+        let listing = list_with_cli(&out);
+        let deepest = listing
+            .lines()
+            .find(|l| l.ends_with("/file"))
+            .unwrap_or_else(|| panic!("no file in\n{listing}"));
+        let member = deepest.split_whitespace().last().unwrap();
+        assert!(member.len() > libc::PATH_MAX as usize, "{}", member.len());
+        let z = std::process::Command::new("sh")
+            .args(["-c", "zstd -dc \"$1\" | tar -xO -f - \"$2\"", "sh"])
+            .arg(&out)
+            .arg(member)
+            .output()
+            .unwrap();
+        assert_eq!(z.stdout, b"deep", "{}", String::from_utf8_lossy(&z.stderr));
         fs::remove_dir_all(&tmp).unwrap();
     }
 

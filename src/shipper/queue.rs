@@ -3,22 +3,28 @@
 //! ```text
 //! episodes/<id>/done.marker
 //!     | pack: tar -> zstd -> HashingWriter -> outbox/<id>.tar.zst.partial
-//!     |       fsync; write outbox/<id>.tar.zst.sha256 (tmp, fsync, rename)
+//!     |       fsync; write outbox/<id>.tar.zst.sha256 (digest + tree; tmp, fsync, rename)
 //!     |       rename .partial -> outbox/<id>.tar.zst; fsync outbox/
 //!     v
 //! PUT /v1/episodes/<host>/<id>  (Content-Digest from the sidecar; no re-read)
-//!     +-- 201/200 -> rename episodes/<id> -> shipped/<id>; fsync both dirs
-//!     |              delete tarball + sidecar; fsync outbox/
+//!     +-- 201/200 -> rename sidecar -> outbox/<id>.receipt; delete tarball; fsync outbox/
+//!     |              episode still the packed tree? no -> drop receipt, repack (409 next)
+//!     |              shipped/<id> exists? -> quarantine (outbox/<id>.conflict)
+//!     |              rename episodes/<id> -> shipped/<id>; fsync both dirs
+//!     |              delete receipt
 //!     +-- 409     -> outbox/<id>.conflict; skipped until an operator removes it
 //!     +-- 400 digest_mismatch -> delete tarball + sidecar: repack next pass
 //!     +-- 401/403 -> stop the pass (exit 77)
+//!     +-- 503/507 -> stop the pass, keep everything (75)
 //!     +-- 5xx, network, timeout -> keep everything; next pass retries (75)
 //!     +-- other 4xx -> keep everything; counted as rejected (65)
 //! ```
 //! Every step is idempotent, so a crash anywhere is finished by the next
 //! pass: a `.partial` is never uploaded and is removed at the start of a
-//! pass, a tarball is never repacked while it exists, and a repeated PUT of
-//! bytes the receiver already holds gets 200.
+//! pass, a tarball is reused only while its episode is still the tree it was
+//! packed from (`tree::Fingerprint` in the sidecar), a receipt retires
+//! without another upload, and a repeated PUT of bytes the receiver already
+//! holds gets 200.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -30,11 +36,18 @@ use crate::fsutil::{self, remove_if_exists, sync_dir};
 use crate::hashing::{self, to_hex};
 use crate::protocol::{self, status};
 use crate::shipper::client::{Body, ClientError, Connection, Endpoint, Response};
+use crate::shipper::outbox::{self, Dirs, Record};
 use crate::shipper::pack::{self, PackOptions};
 use crate::shipper::progress::Progress;
+use crate::shipper::tree::{self, Fingerprint};
 use crate::{error, exit, fault, ids, info, timefmt, warn};
 
 const MARKER: &str = "done.marker";
+
+/// Passes in a row an episode may change while it is packed before the
+/// shipper stops retrying quietly and asks for a human (65): a recorder
+/// that still writes after `done.marker` is a bug to fix, not a race to win.
+const UNSTABLE_PASSES: u32 = 3;
 
 /// Counts for the summary line and the exit code.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -61,28 +74,6 @@ impl Summary {
             _ if self.retry > 0 || self.stopped.is_some() => exit::TEMPFAIL,
             _ => exit::OK,
         }
-    }
-}
-
-/// Paths of one data_dir.
-struct Dirs {
-    episodes: PathBuf,
-    outbox: PathBuf,
-    shipped: PathBuf,
-}
-
-impl Dirs {
-    fn tarball(&self, id: &str) -> PathBuf {
-        self.outbox.join(format!("{id}.tar.zst"))
-    }
-    fn partial(&self, id: &str) -> PathBuf {
-        self.outbox.join(format!("{id}.tar.zst.partial"))
-    }
-    fn sidecar(&self, id: &str) -> PathBuf {
-        self.outbox.join(format!("{id}.tar.zst.sha256"))
-    }
-    fn conflict(&self, id: &str) -> PathBuf {
-        self.outbox.join(format!("{id}.conflict"))
     }
 }
 
@@ -138,11 +129,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
             )));
         }
     }
-    let dirs = Dirs {
-        episodes: data.join("episodes"),
-        outbox: data.join("outbox"),
-        shipped: data.join("shipped"),
-    };
+    let dirs = Dirs::new(data);
     for d in [&dirs.episodes, &dirs.outbox, &dirs.shipped] {
         fs::create_dir_all(d)
             .map_err(|e| PassError::DataDir(format!("cannot create {}: {e}", d.display())))?;
@@ -200,7 +187,7 @@ struct Pass<'a> {
 /// A finished tarball ready to upload.
 struct Tarball {
     path: PathBuf,
-    sha256: [u8; 32],
+    record: Record,
     size: u64,
     /// Set when packed in this pass: raw bytes and seconds.
     packed: Option<(u64, f64)>,
@@ -232,45 +219,87 @@ enum Upload {
     Failed(ClientError),
 }
 
+/// Why an episode the receiver confirmed was not moved to `shipped/`.
+enum RetireError {
+    /// `episodes/<id>` is no longer the tree that was packed and confirmed:
+    /// the recorder changed it (or wrote a new recording under the id).
+    Changed,
+    /// `shipped/<id>` already exists: a second copy under one id.
+    Duplicate,
+    /// The move or a sync failed; `needs_human` when no later pass can heal
+    /// it (permissions, another file system, read-only).
+    Io {
+        what: String,
+        source: io::Error,
+        needs_human: bool,
+    },
+}
+
 impl Pass<'_> {
-    /// Removes what a crash left behind; see docs/transport.md.
+    /// Removes what a crash left behind; see docs/transport.md. Never deletes
+    /// what might be the only copy of something.
     fn tidy_outbox(&mut self) -> io::Result<()> {
         let mut changed = false;
         for entry in fs::read_dir(&self.dirs.outbox)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(".partial") || name.ends_with(".tmp") {
-                // Never uploaded, never renamed: a crash mid-pack. Repacked below.
-                info!("removing unfinished {}", path.display());
-                changed |= remove_if_exists(&path)?;
-            } else if let Some(id) = name.strip_suffix(".tar.zst.sha256") {
-                if !self.dirs.tarball(id).exists() {
+            let in_episodes = |id: &str| self.dirs.episode(id).exists();
+            match outbox::parse(&name) {
+                outbox::Name::Partial(_) | outbox::Name::Temp => {
+                    // Never uploaded, never renamed: a crash mid-pack. Repacked below.
+                    info!("removing unfinished {}", path.display());
                     changed |= remove_if_exists(&path)?;
                 }
-            } else if let Some(id) = name.strip_suffix(".tar.zst") {
-                let in_episodes = self.dirs.episodes.join(id).exists();
-                if !in_episodes && self.dirs.shipped.join(id).exists() {
-                    // Crash after the retire, before the outbox delete.
-                    changed |= remove_if_exists(&path)?;
-                    remove_if_exists(&self.dirs.sidecar(id))?;
-                } else if !in_episodes {
-                    warn!(
-                        "{} has no episode in episodes/ or shipped/; leaving it for an operator",
-                        path.display()
-                    );
+                outbox::Name::Sidecar(id) => {
+                    if !self.dirs.tarball(id).exists() {
+                        changed |= remove_if_exists(&path)?;
+                    }
                 }
-            } else if !name.ends_with(".conflict") {
-                warn!(
+                outbox::Name::Tarball(id) if !in_episodes(id) => {
+                    if self.shipped_copy_of(id) {
+                        // Crash after the retire, before the outbox delete.
+                        changed |= remove_if_exists(&path)?;
+                        remove_if_exists(&self.dirs.sidecar(id))?;
+                    } else {
+                        warn!(
+                            "{} has no episode in episodes/ (nor the one it was packed from in shipped/); leaving it for an operator",
+                            path.display()
+                        );
+                    }
+                }
+                // A receipt retires its episode; with the episode gone (a
+                // crash after the retire, or an operator) it has no use.
+                outbox::Name::Receipt(id) | outbox::Name::Unstable(id) if !in_episodes(id) => {
+                    changed |= remove_if_exists(&path)?;
+                }
+                outbox::Name::Tarball(_)
+                | outbox::Name::Receipt(_)
+                | outbox::Name::Unstable(_)
+                | outbox::Name::Conflict(_) => {}
+                outbox::Name::Unknown => warn!(
                     "unexpected file {} in outbox/; leaving it alone",
                     path.display()
-                );
+                ),
             }
         }
         if changed {
             sync_dir(&self.dirs.outbox)?;
         }
         Ok(())
+    }
+
+    /// Whether `shipped/<id>` is the tree the outbox tarball of `id` was
+    /// packed from (for a record without a tree, as before this check
+    /// existed: whether `shipped/<id>` exists at all).
+    fn shipped_copy_of(&self, id: &str) -> bool {
+        let shipped = self.dirs.shipped(id);
+        match Record::read(&self.dirs.sidecar(id)) {
+            Some(Record { tree: Some(t), .. }) => {
+                tree::fingerprint(&shipped, id).is_ok_and(|now| now == t)
+            }
+            _ => shipped.exists(),
+        }
     }
 
     /// Finished episodes, oldest marker first (then by name, for ties).
@@ -320,6 +349,25 @@ impl Pass<'_> {
             self.summary.conflicts += 1;
             return;
         }
+        // Confirmed by the receiver in an earlier pass, not yet retired.
+        let receipt = self.dirs.receipt(id);
+        if let Some(record) = Record::read(&receipt) {
+            // A crash between the receipt and the tarball's delete leaves both.
+            let _ = remove_if_exists(&self.dirs.tarball(id));
+            let sha = to_hex(&record.sha256);
+            if self.finish(id, &record, || {
+                format!("already present (the receiver confirmed sha256 {sha} in an earlier pass)")
+            }) {
+                self.summary.already_present += 1;
+            }
+            return;
+        } else if receipt.exists() {
+            warn!(
+                "{}: unreadable; uploading again (the receiver answers 200 for bytes it holds)",
+                receipt.display()
+            );
+            let _ = remove_if_exists(&receipt);
+        }
         let tarball = match self.prepare(id) {
             Ok(t) => t,
             Err(e) if e.needs_human => {
@@ -346,11 +394,6 @@ impl Pass<'_> {
                 return;
             }
         };
-        let outcome = match resp.status {
-            201 => "stored",
-            200 => "already present",
-            _ => "",
-        };
         let sizes = match tarball.packed {
             Some((raw, pack_secs)) => format!(
                 "{:.1} MB raw -> {:.1} MB ({:.0}%), packed in {pack_secs:.1}s,",
@@ -363,20 +406,28 @@ impl Pass<'_> {
         let rate = tarball.size as f64 / secs.max(1e-6) / 1e6;
         match resp.status {
             200 | 201 => {
-                if let Err(e) = self.retire(id) {
-                    error!("{id}: the receiver has it, but retiring it locally failed: {e}; the next pass finishes");
+                if let Err(e) = self.confirm(id) {
+                    error!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
                     self.summary.retry += 1;
                     return;
                 }
-                info!(
-                    "{id}: {outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {}",
-                    to_hex(&tarball.sha256)
-                );
-                self.summary.compressed_bytes += tarball.size;
-                if resp.status == 201 {
-                    self.summary.stored += 1;
+                let outcome = if resp.status == 201 {
+                    "stored"
                 } else {
-                    self.summary.already_present += 1;
+                    "already present"
+                };
+                let sha = to_hex(&tarball.record.sha256);
+                if self.finish(id, &tarball.record, || {
+                    format!(
+                        "{outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {sha}"
+                    )
+                }) {
+                    self.summary.compressed_bytes += tarball.size;
+                    if resp.status == 201 {
+                        self.summary.stored += 1;
+                    } else {
+                        self.summary.already_present += 1;
+                    }
                 }
             }
             409 => {
@@ -385,7 +436,7 @@ impl Pass<'_> {
                     .as_ref()
                     .and_then(|r| r.sha256.clone())
                     .unwrap_or_else(|| "unknown".into());
-                let ours = to_hex(&tarball.sha256);
+                let ours = to_hex(&tarball.record.sha256);
                 let text = format!(
                     "episode: {id}\nlocal_sha256: {ours}\nreceiver_sha256: {theirs}\ntime: {}\n\
                      The receiver holds other bytes under this id. Compare the two, keep the right one\n\
@@ -423,8 +474,13 @@ impl Pass<'_> {
                 self.summary.stopped = Some(exit::NOPERM);
             }
             503 | 507 => {
+                let what = if resp.status == 507 {
+                    "receiver out of space"
+                } else {
+                    "receiver busy"
+                };
                 warn!(
-                    "{id}: receiver answered {} ({}); stopping this pass, the next one retries",
+                    "{id}: receiver answered {} ({}): {what}; stopping this pass, the next one retries",
                     resp.status,
                     resp.explain()
                 );
@@ -448,8 +504,68 @@ impl Pass<'_> {
         }
     }
 
-    /// The tarball for `id`: the one in outbox/ if a pass already made it,
-    /// else packed now.
+    /// Retires a confirmed episode and logs the outcome (`done` says how it
+    /// was confirmed); else logs and counts why it could not be retired.
+    /// True if it was retired (the caller counts it).
+    fn finish(&mut self, id: &str, record: &Record, done: impl FnOnce() -> String) -> bool {
+        match self.retire(id, record) {
+            Ok(()) => {
+                info!("{id}: {}", done());
+                return true;
+            }
+            Err(RetireError::Changed) => {
+                // The receiver holds what was packed; the episode on disk is
+                // something else now. Never retire it under the old digest:
+                // repack it, and the receiver's 409 quarantines it for a human.
+                warn!(
+                    "{id}: episodes/{id} changed after it was packed (the receiver holds the packed version, sha256 {}); repacking it next pass",
+                    to_hex(&record.sha256)
+                );
+                let _ = remove_if_exists(&self.dirs.receipt(id));
+                let _ = sync_dir(&self.dirs.outbox);
+                self.summary.retry += 1;
+            }
+            Err(RetireError::Duplicate) => {
+                let conflict = self.dirs.conflict(id);
+                let text = format!(
+                    "episode: {id}\nlocal_sha256: {}\ntime: {}\n\
+                     The receiver confirmed episodes/{id} (this sha256), but shipped/{id} already exists:\n\
+                     two directories under one id. Nothing was deleted. Compare them; if they are the same\n\
+                     recording delete episodes/{id}, else move one of them away (a new id ships as new);\n\
+                     then delete this file.\n",
+                    to_hex(&record.sha256),
+                    timefmt::now()
+                );
+                if let Err(e) = write_durably(&conflict, text.as_bytes()) {
+                    error!("{id}: cannot write {}: {e}", conflict.display());
+                }
+                error!(
+                    "{id}: the receiver has it, but shipped/{id} already exists: a second copy under one id, kept in episodes/ for a human; see {}",
+                    conflict.display()
+                );
+                self.summary.conflicts += 1;
+            }
+            Err(RetireError::Io {
+                what,
+                source,
+                needs_human: true,
+            }) => {
+                error!(
+                    "{id}: the receiver has it, but {what} failed: {source}; {} The receipt in outbox/ keeps it from being uploaded again.",
+                    retire_fix(&source)
+                );
+                self.summary.rejected += 1;
+            }
+            Err(RetireError::Io { what, source, .. }) => {
+                error!("{id}: the receiver has it, but {what} failed: {source}; the next pass finishes (nothing is uploaded again)");
+                self.summary.retry += 1;
+            }
+        }
+        false
+    }
+
+    /// The tarball for `id`: the one in outbox/ if a pass already made it
+    /// and the episode is still the tree it was made from, else packed now.
     fn prepare(&mut self, id: &str) -> Result<Tarball, PrepError> {
         let path = self.dirs.tarball(id);
         let sidecar = self.dirs.sidecar(id);
@@ -457,23 +573,37 @@ impl Pass<'_> {
             if meta.len() == 0 {
                 warn!("{}: empty tarball; repacking", path.display());
                 remove_if_exists(&path).map_err(|e| e.to_string())?;
-            } else if let Some(sha256) = hashing::read_sidecar(&sidecar) {
-                return Ok(Tarball {
-                    path,
-                    sha256,
-                    size: meta.len(),
-                    packed: None,
-                });
+            } else if let Some(record) = Record::read(&sidecar) {
+                let current = match &record.tree {
+                    None => true, // older than the check: see `outbox::Record`
+                    Some(t) => self.still_packed_tree(id, t),
+                };
+                if current {
+                    return Ok(Tarball {
+                        path,
+                        record,
+                        size: meta.len(),
+                        packed: None,
+                    });
+                }
+                warn!(
+                    "{id}: changed since {} was packed; repacking",
+                    path.display()
+                );
+                remove_if_exists(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+                remove_if_exists(&sidecar)
+                    .map_err(|e| format!("removing {}: {e}", sidecar.display()))?;
             } else {
                 // A tarball without a trustworthy digest: hash it once.
                 info!("{}: no recorded digest; hashing it", path.display());
                 let (sha256, size) = hashing::sha256_file(&path)
                     .map_err(|e| format!("hashing {}: {e}", path.display()))?;
-                write_durably(&sidecar, sidecar_line(&sha256, id).as_bytes())
+                let record = Record { sha256, tree: None };
+                write_durably(&sidecar, record.to_text(id).as_bytes())
                     .map_err(|e| format!("writing {}: {e}", sidecar.display()))?;
                 return Ok(Tarball {
                     path,
-                    sha256,
+                    record,
                     size,
                     packed: None,
                 });
@@ -482,9 +612,15 @@ impl Pass<'_> {
         self.pack(id)
     }
 
+    /// Whether `episodes/<id>` is still the tree `t` (an unreadable tree is
+    /// not: packing it again says why).
+    fn still_packed_tree(&self, id: &str, t: &Fingerprint) -> bool {
+        tree::fingerprint(&self.dirs.episode(id), id).is_ok_and(|now| now == *t)
+    }
+
     fn pack(&mut self, id: &str) -> Result<Tarball, PrepError> {
         fault::point("pack.start");
-        let dir = self.dirs.episodes.join(id);
+        let dir = self.dirs.episode(id);
         let partial = self.dirs.partial(id);
         let final_path = self.dirs.tarball(id);
         let sidecar = self.dirs.sidecar(id);
@@ -502,7 +638,9 @@ impl Pass<'_> {
         let mut progress = Progress::new(&format!("{id}: packing"), None);
         if progress.enabled() {
             // Only for the ETA on a terminal: a metadata-only walk, no data read.
-            progress.set_total(tree_bytes(&dir));
+            if let Ok(t) = tree::fingerprint(&dir, id) {
+                progress.set_total(t.bytes);
+            }
         }
         let mut mid_hit = false;
         let result = pack::pack_episode(&dir, id, file, &opts, &mut |raw| {
@@ -517,25 +655,13 @@ impl Pass<'_> {
             let _ = remove_if_exists(&partial);
             msg
         };
-        let (file, packed) = result.map_err(|e| {
-            if e.is_no_space() {
-                PrepError::from(cleanup(format!(
-                    "packing: {e} (free space in {})",
-                    self.dirs.outbox.display()
-                )))
-            } else if matches!(&e, pack::PackError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
-            {
-                // Permissions do not fix themselves between passes.
-                PrepError {
-                    message: cleanup(format!(
-                        "packing: {e} (the shipper's user must be able to read every file: see docs/deploy.md, ownership)"
-                    )),
-                    needs_human: true,
-                }
-            } else {
-                PrepError::from(cleanup(format!("packing: {e}")))
+        let (file, packed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let message = cleanup(format!("packing: {e}"));
+                return Err(self.pack_failed(id, &e, message));
             }
-        })?;
+        };
         for w in &packed.warnings {
             warn!("{id}: {w}");
         }
@@ -543,21 +669,82 @@ impl Pass<'_> {
             .map_err(|e| cleanup(format!("syncing {}: {e}", partial.display())))?;
         drop(file);
         fault::point("pack.after_fsync");
-        write_durably(&sidecar, sidecar_line(&packed.sha256, id).as_bytes())
+        let record = Record {
+            sha256: packed.sha256,
+            tree: Some(packed.tree),
+        };
+        write_durably(&sidecar, record.to_text(id).as_bytes())
             .map_err(|e| cleanup(format!("writing {}: {e}", sidecar.display())))?;
         fault::point("pack.after_sidecar");
         fs::rename(&partial, &final_path)
             .map_err(|e| cleanup(format!("renaming {}: {e}", partial.display())))?;
         fault::point("pack.after_rename");
+        // The count of unstable passes ends with a pack that held still.
+        let _ = remove_if_exists(&self.dirs.unstable(id));
         sync_dir(&self.dirs.outbox)
             .map_err(|e| format!("syncing {}: {e}", self.dirs.outbox.display()))?;
         fault::point("pack.after_dirfsync");
         Ok(Tarball {
             path: final_path,
-            sha256: packed.sha256,
+            record,
             size: packed.compressed_bytes,
             packed: Some((packed.raw_bytes, started.elapsed().as_secs_f64())),
         })
+    }
+
+    /// Classifies a failed pack: what a retry can fix (75) and what needs a
+    /// human (65).
+    fn pack_failed(&self, id: &str, e: &pack::PackError, message: String) -> PrepError {
+        match e {
+            _ if e.is_no_space() => PrepError::from(format!(
+                "{message} (free space in {})",
+                self.dirs.outbox.display()
+            )),
+            pack::PackError::Read { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                // Permissions do not fix themselves between passes.
+                PrepError {
+                    message: format!(
+                        "{message} (the shipper's user must be able to read every file: see docs/deploy.md, ownership)"
+                    ),
+                    needs_human: true,
+                }
+            }
+            pack::PackError::Changed { path, .. } => {
+                // Still being written after done.marker: retry quietly a few
+                // times (a recorder finishing late), then ask for a human.
+                let passes = self.count_unstable_pass(id);
+                if passes >= UNSTABLE_PASSES {
+                    PrepError {
+                        message: format!(
+                            "the recorder is still writing {} after done.marker ({passes} passes in a row): {message}. \
+                             Fix the recorder to write done.marker last; delete {} to start counting again",
+                            path.display(),
+                            self.dirs.unstable(id).display()
+                        ),
+                        needs_human: true,
+                    }
+                } else {
+                    PrepError::from(message)
+                }
+            }
+            _ => PrepError::from(message),
+        }
+    }
+
+    /// Adds one to `outbox/<id>.unstable` and returns the new count.
+    fn count_unstable_pass(&self, id: &str) -> u32 {
+        let path = self.dirs.unstable(id);
+        let before: u32 = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let now = before.saturating_add(1);
+        if let Err(e) = write_durably(&path, format!("passes {now}\n").as_bytes()) {
+            warn!("{id}: cannot write {}: {e}", path.display());
+        }
+        now
     }
 
     fn connection(&mut self) -> Result<&mut Connection, ClientError> {
@@ -600,18 +787,14 @@ impl Pass<'_> {
             let mut file = match File::open(&t.path) {
                 Ok(f) => f,
                 Err(e) => {
-                    return Upload::Failed(ClientError::Io {
-                        stage: crate::shipper::client::Stage::Send,
-                        source: io::Error::new(
-                            e.kind(),
-                            format!("opening {}: {e}", t.path.display()),
-                        ),
-                        before_response: false,
-                    })
+                    return Upload::Failed(ClientError::Body(io::Error::new(
+                        e.kind(),
+                        format!("opening {}: {e}", t.path.display()),
+                    )))
                 }
             };
             let auth = format!("Bearer {}", cfg.token.expose());
-            let digest = protocol::content_digest(&t.sha256);
+            let digest = protocol::content_digest(&t.record.sha256);
             let target = protocol::episode_path(&cfg.host_id, id);
             let mut progress = Progress::new(&format!("{id}: uploading"), Some(t.size));
             let result = conn.request(
@@ -650,48 +833,92 @@ impl Pass<'_> {
         }
     }
 
-    /// Moves the episode to shipped/ and deletes its tarball: the receiver
-    /// has confirmed it holds these exact bytes.
-    fn retire(&mut self, id: &str) -> io::Result<()> {
-        let from = self.dirs.episodes.join(id);
-        let to = self.dirs.shipped.join(id);
-        if to.exists() {
-            // shipped/<id> from an earlier pass and the receiver just
-            // confirmed identical bytes: the second copy may go.
-            warn!("{id}: shipped/{id} already exists; removing the duplicate in episodes/");
-            fs::remove_dir_all(&from)?;
-        } else {
-            fs::rename(&from, &to)?;
+    /// Records that the receiver holds the tarball's bytes: the sidecar
+    /// becomes `outbox/<id>.receipt` and the tarball goes, so a retire that
+    /// waits (for a human, or for the next pass) costs no disk and no
+    /// second upload. Idempotent: a crash anywhere here is finished by the
+    /// receipt path of the next pass.
+    fn confirm(&mut self, id: &str) -> io::Result<()> {
+        let sidecar = self.dirs.sidecar(id);
+        if sidecar.exists() {
+            fs::rename(&sidecar, self.dirs.receipt(id))?;
         }
-        fault::point("ship.after_rename");
-        sync_dir(&self.dirs.episodes)?;
-        sync_dir(&self.dirs.shipped)?;
-        fault::point("ship.after_dirfsync");
+        fault::point("ship.after_receipt");
         remove_if_exists(&self.dirs.tarball(id))?;
+        // The receipt must survive a power cut before the retire below
+        // relies on it; a lost tarball delete is tidied by the next pass.
+        sync_dir(&self.dirs.outbox)?;
+        fault::point("ship.after_confirm");
+        Ok(())
+    }
+
+    /// Moves the episode to `shipped/`: the receiver confirmed it holds the
+    /// bytes packed from it. Only if the episode is still the tree that was
+    /// packed (else those bytes are not this episode), and never over an
+    /// existing `shipped/<id>` (a second copy is a human's call, never a
+    /// silent delete).
+    fn retire(&mut self, id: &str, record: &Record) -> Result<(), RetireError> {
+        let from = self.dirs.episode(id);
+        let to = self.dirs.shipped(id);
+        if let Some(t) = &record.tree {
+            if !self.still_packed_tree(id, t) {
+                return Err(RetireError::Changed);
+            }
+        }
+        if fs::symlink_metadata(&to).is_ok() {
+            return Err(RetireError::Duplicate);
+        }
+        let io = |what: String| {
+            move |source: io::Error| RetireError::Io {
+                needs_human: !heals_by_itself(&source),
+                what,
+                source,
+            }
+        };
+        fs::rename(&from, &to).map_err(io(format!(
+            "moving {} to {}",
+            from.display(),
+            to.display()
+        )))?;
+        fault::point("ship.after_rename");
+        sync_dir(&self.dirs.episodes)
+            .map_err(io(format!("syncing {}", self.dirs.episodes.display())))?;
+        sync_dir(&self.dirs.shipped)
+            .map_err(io(format!("syncing {}", self.dirs.shipped.display())))?;
+        fault::point("ship.after_dirfsync");
+        // The receipt has done its job. Not synced: if a power cut brings it
+        // back, its episode is gone from episodes/ and tidy removes it.
+        let receipt = self.dirs.receipt(id);
+        remove_if_exists(&receipt).map_err(io(format!("removing {}", receipt.display())))?;
         fault::point("clean.after_unlink");
-        remove_if_exists(&self.dirs.sidecar(id))?;
-        sync_dir(&self.dirs.outbox)
+        Ok(())
     }
 }
 
-/// Sum of the sizes of the regular files under `dir` (symlinks not followed).
-fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
+/// Whether a later pass can succeed where this retire failed. Permissions,
+/// another file system and a read-only mount stay as they are until someone
+/// acts; a full disk or an I/O hiccup may pass.
+fn heals_by_itself(e: &io::Error) -> bool {
+    !matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EXDEV | libc::EROFS)
+    )
 }
 
-/// The sidecar of `<id>.tar.zst`.
-fn sidecar_line(sha256: &[u8; 32], id: &str) -> String {
-    hashing::sidecar_line(sha256, &format!("{id}.tar.zst"))
+/// What an operator does about a retire error that will not heal.
+fn retire_fix(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EXDEV) => {
+            "episodes/ and shipped/ must be on one file system (a rename cannot cross mounts): \
+             do not mount shipped/ separately."
+        }
+        Some(libc::EROFS) => "data_dir is on a read-only file system: remount it read-write.",
+        _ => {
+            "moving a directory needs write permission on it (its `..` changes) as well as on \
+             episodes/ and shipped/: run the recorder with umask 0007 and group cis490 \
+             (docs/deploy.md, ownership), then `chmod -R g+rwX` the stuck episode."
+        }
+    }
 }
 
 /// Writes a small outbox file (sidecar, conflict note) via `<name>.tmp`;
