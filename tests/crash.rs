@@ -964,3 +964,81 @@ fn connection_dropped_during_handshake_is_temporary() {
         .join(format!("{}.tar.zst", IDS[0]))
         .exists());
 }
+
+/// D1: a crash after the retire rename (before the outbox is cleaned), then
+/// the recorder writes a *new* recording under the same id before the next
+/// pass. The old outbox state describes the old tree: nothing of it may
+/// retire or delete the new one. The new recording is packed, the receiver
+/// (holding the old bytes) answers 409, and both copies stay for a human.
+#[test]
+fn d1_new_recording_under_a_retired_id_is_quarantined_never_deleted() {
+    let id = IDS[0];
+    let w = World::new("d1-reuse", &[]);
+    let out = w.ship(&[("CIS490_CRASH_AT", "ship.after_rename")]);
+    assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+    assert!(w.data("shipped").join(id).exists());
+    let stored = sha256_file(&w.final_path(id));
+    // The recorder reuses the id: same names and sizes, other bytes.
+    make_episode(&w.shipper.data_dir, id, SIZES[0], 424_242, true);
+    let new_recording = snapshot(&w.data("episodes").join(id), true);
+    let old_recording = snapshot(&w.data("shipped").join(id), true);
+
+    let out = w.ship(&[]);
+    assert_exit(&out, 65);
+    assert!(
+        stderr(&out).contains(&format!(
+            "{id}: conflict: the receiver holds sha256 {stored}"
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        snapshot(&w.data("episodes").join(id), true),
+        new_recording,
+        "the new recording was touched"
+    );
+    assert_eq!(snapshot(&w.data("shipped").join(id), true), old_recording);
+    assert_eq!(
+        sha256_file(&w.final_path(id)),
+        stored,
+        "the stored copy changed"
+    );
+    assert!(w.data("outbox").join(format!("{id}.conflict")).exists());
+    // The other episodes shipped as usual.
+    for other in &IDS[1..] {
+        assert!(w.data("shipped").join(other).exists(), "{other}");
+    }
+}
+
+/// D1, the milder form: an upload cut off mid-body leaves the tarball in
+/// outbox/; the recorder then adds a file to the episode. The next pass
+/// must not upload the stale tarball and retire the episode (the new file
+/// would never ship): it repacks, and the stored tarball holds the file.
+#[test]
+fn d1_files_added_after_a_failed_upload_are_shipped() {
+    let id = IDS[0];
+    let w = World::new("d1-late", &[]);
+    let out = w.ship(&[("CIS490_CRASH_AT", "up.mid_body")]);
+    assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+    assert!(w.data("outbox").join(format!("{id}.tar.zst")).exists());
+    fs::write(
+        w.data("episodes").join(id).join("late.json"),
+        b"{\"late\": true}",
+    )
+    .unwrap();
+
+    let out = w.ship(&[]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains(&format!("{id}: changed since")),
+        "{}",
+        describe(&out)
+    );
+    w.check_converged("d1-late");
+    let x = w.dir.join("extract-late");
+    extract(&w.final_path(id), &x);
+    assert_eq!(
+        fs::read(x.join(id).join("late.json")).unwrap(),
+        b"{\"late\": true}"
+    );
+}

@@ -6,119 +6,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::episodes::make_episode;
+use common::lab::{names, Lab};
 use common::*;
 use sha2::{Digest, Sha256};
-
-struct Lab {
-    dir: TempDir,
-    pki: TestPki,
-    receiver: Option<Receiver>,
-    opts: ReceiverOptions,
-    cfg: ShipperSetup,
-}
-
-impl Lab {
-    fn new(name: &str) -> Lab {
-        Lab::with(name, "", "")
-    }
-
-    fn with(name: &str, receiver_extra: &str, shipper_extra: &str) -> Lab {
-        let dir = TempDir::new(name);
-        let pki = TestPki::new(&dir.join("pki"));
-        let mut opts = ReceiverOptions::tls(&pki, &dir.join("store"));
-        opts.extra = receiver_extra.to_owned();
-        let receiver = Receiver::start(dir.path(), &opts);
-        let id = pki.client("lab-01");
-        let cfg = shipper_config(
-            dir.path(),
-            "lab-01",
-            &receiver.url(),
-            &pki.ca_file,
-            Some(&id),
-            TOKEN_A,
-            shipper_extra,
-        );
-        Lab {
-            dir,
-            pki,
-            receiver: Some(receiver),
-            opts,
-            cfg,
-        }
-    }
-
-    fn receiver(&self) -> &Receiver {
-        self.receiver.as_ref().unwrap()
-    }
-
-    fn data(&self, p: &str) -> PathBuf {
-        self.cfg.data_dir.join(p)
-    }
-
-    fn stored(&self, id: &str) -> PathBuf {
-        self.dir.join(&format!("store/lab-01/{id}.tar.zst"))
-    }
-
-    fn episode(&self, id: &str, bytes: u64, seed: u64) -> PathBuf {
-        make_episode(&self.cfg.data_dir, id, bytes, seed, true)
-    }
-
-    /// A copy of the shipper's config with one substitution, as another file.
-    fn variant(&self, name: &str, from: &str, to: &str) -> PathBuf {
-        let text = std::fs::read_to_string(&self.cfg.config).unwrap();
-        assert!(text.contains(from), "{from} not in config");
-        let path = self.dir.join(&format!("{name}.toml"));
-        write_file(&path, &text.replacen(from, to, 1), 0o644);
-        path
-    }
-
-    fn once(&self) -> std::process::Output {
-        shipper(&self.cfg.config, &["--once"])
-    }
-
-    /// PUTs the receiver has logged so far. A ping goes first, and its
-    /// line is awaited: the receiver logs before answering and its log is
-    /// one ordered pipe, so every earlier request's line is in by then.
-    fn puts_logged(&self) -> usize {
-        let r = self.receiver();
-        let pings = || {
-            r.log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains("POST /v1/ping 200"))
-                .count()
-        };
-        let before = pings();
-        assert_exit(&shipper(&self.cfg.config, &["--ping"]), 0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while pings() == before {
-            assert!(std::time::Instant::now() < deadline, "ping never logged");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        r.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(" PUT /v1/episodes/"))
-            .count()
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 /// Path -> (kind, mode, mtime, contents or link target) for a whole tree.
 fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, i64, Vec<u8>)> {

@@ -306,6 +306,7 @@ impl Endpoint {
         Ok((
             Connection {
                 tls: StreamOwned::new(conn, tcp),
+                write_failed: false,
                 buf: Vec::new(),
                 reusable: true,
                 requests: 0,
@@ -342,6 +343,35 @@ impl Response {
     }
 }
 
+/// The receiving side of a connection. Normally `StreamOwned::read`; after
+/// a failed write, rustls's own TLS reading only: `StreamOwned::read` first
+/// flushes pending TLS output, which fails again on the broken socket and
+/// hides the answer the peer sent before it closed.
+struct Incoming<'a> {
+    tls: &'a mut StreamOwned<ClientConnection, TcpStream>,
+    write_failed: bool,
+}
+
+impl Read for Incoming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.write_failed {
+            return self.tls.read(buf);
+        }
+        let StreamOwned { conn, sock } = &mut *self.tls;
+        loop {
+            match conn.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if conn.read_tls(sock)? == 0 {
+                return Ok(0);
+            }
+            conn.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+}
+
 /// A request body streamed from a reader.
 pub struct Body<'a> {
     pub reader: &'a mut dyn Read,
@@ -350,6 +380,8 @@ pub struct Body<'a> {
 
 pub struct Connection {
     tls: StreamOwned<ClientConnection, TcpStream>,
+    /// A write failed: read what the peer sent without writing (see `Incoming`).
+    write_failed: bool,
     /// Bytes read past the previous response (none in practice).
     buf: Vec<u8>,
     reusable: bool,
@@ -504,6 +536,7 @@ impl Connection {
     /// closed, if one arrives within `EARLY_ANSWER_WAIT`.
     fn answer_after_failed_send(&mut self) -> Option<Response> {
         self.reusable = false;
+        self.write_failed = true;
         let sock = self.tls.sock.try_clone().ok()?;
         sock.set_read_timeout(Some(EARLY_ANSWER_WAIT)).ok()?;
         let r = self.read_final().ok();
@@ -525,7 +558,11 @@ impl Connection {
     fn read_response(&mut self) -> Result<Response, ClientError> {
         let limits = Limits::default();
         let fresh = self.buf.is_empty();
-        let end = match http::read_head(&mut self.tls, &mut self.buf, &limits, &mut || Ok(())) {
+        let mut incoming = Incoming {
+            tls: &mut self.tls,
+            write_failed: self.write_failed,
+        };
+        let end = match http::read_head(&mut incoming, &mut self.buf, &limits, &mut || Ok(())) {
             Ok(Some(end)) => end,
             Ok(None) => {
                 self.reusable = false;
@@ -592,7 +629,11 @@ impl Connection {
         let mut body: Vec<u8> = Vec::new();
         let take = self.buf.len().min(limit as usize);
         body.extend(self.buf.drain(..take));
-        let mut rest = (&mut self.tls).take(limit - body.len() as u64);
+        let mut incoming = Incoming {
+            tls: &mut self.tls,
+            write_failed: self.write_failed,
+        };
+        let mut rest = (&mut incoming).take(limit - body.len() as u64);
         match rest.read_to_end(&mut body) {
             Ok(_) => {}
             // No Content-Length: the body ends at close; a TLS close without

@@ -219,6 +219,16 @@ enum Upload {
     Failed(ClientError),
 }
 
+/// What `finish` did with a confirmed episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finished {
+    Retired,
+    /// Not retired: the episode is not the tree that was confirmed.
+    Changed,
+    /// Not retired, and already logged and counted (conflict, rejected, retry).
+    Counted,
+}
+
 /// Why an episode the receiver confirmed was not moved to `shipped/`.
 enum RetireError {
     /// `episodes/<id>` is no longer the tree that was packed and confirmed:
@@ -355,12 +365,19 @@ impl Pass<'_> {
             // A crash between the receipt and the tarball's delete leaves both.
             let _ = remove_if_exists(&self.dirs.tarball(id));
             let sha = to_hex(&record.sha256);
-            if self.finish(id, &record, || {
+            match self.finish(id, &record, || {
                 format!("already present (the receiver confirmed sha256 {sha} in an earlier pass)")
             }) {
-                self.summary.already_present += 1;
+                Finished::Retired => self.summary.already_present += 1,
+                Finished::Counted => {}
+                // A new recording under the id (or more files): it is not
+                // what the receiver confirmed, so it ships like any other
+                // episode now, and meets the receiver's 409 if the id is taken.
+                Finished::Changed => self.forget_confirmed(id, &record, "packing it now"),
             }
-            return;
+            if self.dirs.receipt(id).exists() || !self.dirs.episode(id).exists() {
+                return;
+            }
         } else if receipt.exists() {
             warn!(
                 "{}: unreadable; uploading again (the receiver answers 200 for bytes it holds)",
@@ -417,11 +434,15 @@ impl Pass<'_> {
                     "already present"
                 };
                 let sha = to_hex(&tarball.record.sha256);
-                if self.finish(id, &tarball.record, || {
+                let finished = self.finish(id, &tarball.record, || {
                     format!(
                         "{outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {sha}"
                     )
-                }) {
+                });
+                if finished == Finished::Changed {
+                    self.forget_confirmed(id, &tarball.record, "repacking it next pass");
+                    self.summary.retry += 1;
+                } else if finished == Finished::Retired {
                     self.summary.compressed_bytes += tarball.size;
                     if resp.status == 201 {
                         self.summary.stored += 1;
@@ -504,27 +525,29 @@ impl Pass<'_> {
         }
     }
 
+    /// The receiver holds what was packed, but the episode on disk is
+    /// something else now: never retire it under the old digest. Drop the
+    /// receipt; the episode is packed again, and the receiver's 409 (if it
+    /// holds the old bytes under this id) quarantines it for a human.
+    fn forget_confirmed(&mut self, id: &str, record: &Record, next: &str) {
+        warn!(
+            "{id}: episodes/{id} changed after it was packed (the receiver holds the packed version, sha256 {}); {next}",
+            to_hex(&record.sha256)
+        );
+        let _ = remove_if_exists(&self.dirs.receipt(id));
+        let _ = sync_dir(&self.dirs.outbox);
+    }
+
     /// Retires a confirmed episode and logs the outcome (`done` says how it
-    /// was confirmed); else logs and counts why it could not be retired.
-    /// True if it was retired (the caller counts it).
-    fn finish(&mut self, id: &str, record: &Record, done: impl FnOnce() -> String) -> bool {
+    /// was confirmed); else logs and counts why it could not be retired,
+    /// except `Changed`, which the caller handles.
+    fn finish(&mut self, id: &str, record: &Record, done: impl FnOnce() -> String) -> Finished {
         match self.retire(id, record) {
             Ok(()) => {
                 info!("{id}: {}", done());
-                return true;
+                return Finished::Retired;
             }
-            Err(RetireError::Changed) => {
-                // The receiver holds what was packed; the episode on disk is
-                // something else now. Never retire it under the old digest:
-                // repack it, and the receiver's 409 quarantines it for a human.
-                warn!(
-                    "{id}: episodes/{id} changed after it was packed (the receiver holds the packed version, sha256 {}); repacking it next pass",
-                    to_hex(&record.sha256)
-                );
-                let _ = remove_if_exists(&self.dirs.receipt(id));
-                let _ = sync_dir(&self.dirs.outbox);
-                self.summary.retry += 1;
-            }
+            Err(RetireError::Changed) => return Finished::Changed,
             Err(RetireError::Duplicate) => {
                 let conflict = self.dirs.conflict(id);
                 let text = format!(
@@ -561,7 +584,7 @@ impl Pass<'_> {
                 self.summary.retry += 1;
             }
         }
-        false
+        Finished::Counted
     }
 
     /// The tarball for `id`: the one in outbox/ if a pass already made it
