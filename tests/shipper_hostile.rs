@@ -325,7 +325,7 @@ fn d7_retire_without_permission_is_65_and_uploads_once() {
     assert!(names(&lab.data("outbox")).is_empty());
     lab.puts_logged();
     let log = lab.receiver().log_text();
-    let last_put = log.lines().filter(|l| l.contains(" PUT ")).last().unwrap();
+    let last_put = log.lines().rev().find(|l| l.contains(" PUT ")).unwrap();
     assert!(last_put.contains(" 200 bytes=0 "), "{last_put}");
 }
 
