@@ -192,3 +192,239 @@ fn d2_dribbling_clients_are_cut_at_the_head_deadline() {
     r.wait_log("TLS handshake not finished within head_timeout_s");
     r.wait_log("request head not complete within head_timeout_s");
 }
+
+/// Hostile sockets bound to chosen loopback source addresses. std cannot
+/// bind a TCP socket before connecting, the project has no socket2, and
+/// the tests use no `unsafe`: so the crowd is a small python3 program (the
+/// standard library only; python3 is on every machine of this kind).
+///
+/// `crowd PORT SRCS N SECS`: N idle sockets from the comma-separated SRCS,
+/// each reconnected as soon as the receiver drops it, for SECS seconds or
+/// until its stdin closes; prints `ready` once all are opened and
+/// `connects=C closed=D` at the end.
+///
+/// `line PORT SRCS WAIT EXPECT`: one idle socket per SRCS, connected one
+/// after another; then waits up to WAIT seconds until EXPECT of them were
+/// closed by the receiver and prints, per socket, 1 (closed) or 0 (open).
+const CROWD_PY: &str = r#"
+import selectors, socket, sys, time
+mode, port, srcs = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+def connect(src, blocking):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.setblocking(blocking)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    return s
+if mode == "crowd":
+    n, secs = int(sys.argv[4]), float(sys.argv[5])
+    sel = selectors.DefaultSelector()
+    stats = {"connects": 0, "closed": 0}
+    def open_one(src):
+        sel.register(connect(src, False), selectors.EVENT_READ, src)
+        stats["connects"] += 1
+    for i in range(n):
+        open_one(srcs[i % len(srcs)])
+    print("ready", flush=True)
+    sel.register(sys.stdin, selectors.EVENT_READ, None)
+    end = time.time() + secs
+    while time.time() < end:
+        for key, _ in sel.select(timeout=0.1):
+            if key.data is None:
+                end = 0
+                continue
+            s = key.fileobj
+            try:
+                if s.recv(4096):
+                    continue
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            sel.unregister(s)
+            s.close()
+            stats["closed"] += 1
+            open_one(key.data)
+    print("connects=%d closed=%d" % (stats["connects"], stats["closed"]), flush=True)
+else:
+    wait, expect = float(sys.argv[4]), int(sys.argv[5])
+    socks = [connect(src, True) for src in srcs]
+    closed = [0] * len(socks)
+    end = time.time() + wait
+    while sum(closed) < expect and time.time() < end:
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(socks):
+            if not closed[i]:
+                sel.register(s, selectors.EVENT_READ, i)
+        for key, _ in sel.select(timeout=max(0.0, end - time.time())):
+            key.fileobj.settimeout(0.1)
+            try:
+                data = key.fileobj.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                closed[key.data] = 1
+        sel.close()
+    print(",".join(map(str, closed)), flush=True)
+"#;
+
+fn crowd(args: &[String]) -> std::process::Child {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(CROWD_PY)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the hostile crowd; install python3")
+}
+
+fn sources(range: std::ops::RangeInclusive<u8>) -> String {
+    range
+        .map(|i| format!("127.0.0.{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// D3: 300 idle sockets from 127.0.0.2 that reconnect the moment they are
+/// dropped. Before, they held every slot and no shipper pass got through;
+/// now 127.0.0.2 holds at most `max_connections_per_ip` (8) of the 16
+/// slots, and the unauthenticated share evicts its oldest rather than
+/// refusing the shipper (127.0.0.1): every pass ships its episode.
+#[test]
+fn d3_reconnecting_crowd_from_one_address_leaves_room_for_shipper_passes() {
+    use std::io::BufRead;
+    let dir = TempDir::new("dos-d3-one");
+    let pki = TestPki::new(&dir.join("pki"));
+    let opts = ReceiverOptions {
+        extra: "head_timeout_s = 2\nmax_connections = 16\n".into(),
+        ..ReceiverOptions::tls(&pki, &dir.join("store"))
+    };
+    let r = Receiver::start(dir.path(), &opts);
+    let port = r.https.unwrap().port().to_string();
+    let ident = pki.client("lab-01");
+    let ship = shipper_config(
+        dir.path(),
+        "lab-01",
+        &r.url(),
+        &pki.ca_file,
+        Some(&ident),
+        TOKEN_A,
+        "",
+    );
+    let passes = 5;
+    let mut attack = crowd(&[
+        "crowd".into(),
+        port,
+        "127.0.0.2".into(),
+        "300".into(),
+        "60".into(),
+    ]);
+    let mut out = std::io::BufReader::new(attack.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let t = Instant::now();
+    let mut shipped = 0;
+    let mut outcomes = Vec::new();
+    for i in 0..passes {
+        let id = format!("ep-{i}");
+        common::episodes::make_episode(&ship.data_dir, &id, 50_000, i, true);
+        let o = shipper(&ship.config, &["--once"]);
+        outcomes.push(o.status.code());
+        if o.status.code() == Some(0) && dir.join(&format!("store/lab-01/{id}.tar.zst")).exists() {
+            shipped += 1;
+        }
+    }
+    let took = t.elapsed();
+    drop(attack.stdin.take()); // ends the crowd
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let _ = attack.wait();
+    eprintln!(
+        "{shipped} of {passes} passes shipped in {took:?} under attack ({}); exits {outcomes:?}",
+        line.trim()
+    );
+    assert_eq!(shipped, passes, "exits: {outcomes:?}\n{}", r.log_text());
+    r.wait_log("that address already holds max_connections_per_ip (8) connections");
+}
+
+/// D3, the unauthenticated share, from many addresses: with
+/// `max_connections = 8`, connections that have not authenticated hold at
+/// most 4 slots. One authenticated keep-alive connection, then eight idle
+/// sockets from 127.0.0.2..9 one after another: the first four are closed
+/// to admit the last four (every address holds one, so the oldest goes),
+/// the authenticated connection is never touched and still answers, and a
+/// real `--ping` gets in.
+#[test]
+fn d3_unauthenticated_connections_hold_at_most_half_and_never_evict_a_host() {
+    let dir = TempDir::new("dos-d3-share");
+    let pki = TestPki::new(&dir.join("pki"));
+    let opts = ReceiverOptions {
+        extra: "head_timeout_s = 5\nidle_timeout_s = 30\nmax_connections = 8\n".into(),
+        ..ReceiverOptions::tls(&pki, &dir.join("store"))
+    };
+    let r = Receiver::start(dir.path(), &opts);
+    let addr = r.https.unwrap();
+    let ident = pki.client("lab-01");
+    let cfg = client_config(&pki, &ident);
+    let (mut tcp, mut conn) = handshake(addr, &cfg);
+    assert!(keepalive_ping(&mut conn, &mut tcp).starts_with("HTTP/1.1 200"));
+
+    let out = crowd(&[
+        "line".into(),
+        addr.port().to_string(),
+        sources(2..=9),
+        "3".into(),
+        "4".into(),
+    ])
+    .wait_with_output()
+    .unwrap();
+    let closed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(closed, "1,1,1,1,0,0,0,0", "{}", r.log_text());
+
+    let again = keepalive_ping(&mut conn, &mut tcp);
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    let ship = shipper_config(
+        dir.path(),
+        "lab-01",
+        &r.url(),
+        &pki.ca_file,
+        Some(&ident),
+        TOKEN_A,
+        "",
+    );
+    assert_exit(&shipper(&ship.config, &["--ping"]), 0);
+    r.wait_log("closed the oldest unauthenticated connection from 127.0.0.2 to admit 127.0.0.6");
+}
+
+/// `POST /v1/ping` on an open connection, keeping it alive; the answer.
+fn keepalive_ping(conn: &mut ClientConnection, tcp: &mut TcpStream) -> String {
+    let mut s = rustls::Stream::new(conn, tcp);
+    s.write_all(
+        format!("POST /v1/ping HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}

@@ -34,7 +34,7 @@ use crate::auth::{self, Credentials};
 use crate::hashing::to_hex;
 use crate::http::{self, Limits, ReadHeadError, RequestHead};
 use crate::protocol::{self, status, Reply, Route, RouteError};
-use crate::receiver::server::Shared;
+use crate::receiver::server::{Shared, Ticket};
 use crate::receiver::store::{Existing, Outcome};
 use crate::{fault, info, timefmt, tls, warn};
 
@@ -217,9 +217,13 @@ struct Ctx<'a> {
     /// Whether this connection came through our TLS listener (else the
     /// loopback plain listener, behind a proxy that did TLS itself).
     tls: bool,
+    /// This connection's place in the admission list.
+    ticket: &'a Ticket<'a>,
+    /// Whether `ticket` has been told that a request passed auth.
+    authenticated: std::cell::Cell<bool>,
 }
 
-pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
+pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared, ticket: &Ticket) {
     let peer = tcp
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -249,6 +253,8 @@ pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
         peer,
         cert: stream.peer_cert(),
         tls,
+        ticket,
+        authenticated: std::cell::Cell::new(false),
     };
     let limits = Limits::default();
     let mut buf = Vec::new();
@@ -502,6 +508,11 @@ fn handle(
                 .with_message(format!("token is for host {host}, but {why}"));
             return refuse(ctx, s, head, Some(host), 403, reply, &[], started);
         }
+    }
+    // A known host is talking: this connection may no longer be evicted
+    // to make room for newcomers (see `admission`).
+    if !ctx.authenticated.replace(true) {
+        ctx.ticket.authenticated();
     }
     match route {
         Route::Ping => ping(

@@ -1,10 +1,15 @@
 //! Listeners, connection threads and shutdown.
 //!
 //! One thread accepts per listener; each connection gets its own thread up
-//! to `max_connections`. Beyond that, a small number of extra short-lived
-//! threads answer 503 (the shipper reads it as "retry later") and anything
-//! past those is closed at once: a thread per connection makes idle
-//! connections the cheapest attack, so the limit is hard.
+//! to `max_connections`, under the fairness rules of `admission` (a cap per
+//! source address, a bounded share for connections that have not
+//! authenticated yet, eviction of the likeliest attacker rather than
+//! refusal of a newcomer). A newcomer that cannot be admitted gets a 503
+//! from one of a few extra short-lived threads (the shipper reads it as
+//! "retry later"), or is closed at once when those are busy too or its
+//! address is over its cap: a thread per connection makes idle connections
+//! the cheapest attack, so the limits are hard. Refusals and evictions are
+//! logged at most once per reason every 10 s, with counts.
 //!
 //! Shutdown: SIGTERM/SIGINT are blocked in every thread and awaited by the
 //! main thread (see `signal`). It stops the accept loops, lets running
@@ -20,6 +25,8 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use crate::config::ReceiverConfig;
+use crate::log::{Level, Throttle};
+use crate::receiver::admission::{Admission, Admitted, Refusal, Source};
 use crate::receiver::conn;
 use crate::receiver::store::Store;
 use crate::{info, signal, warn};
@@ -29,11 +36,15 @@ const BUSY_ANSWERERS: usize = 16;
 /// How long shutdown waits for running requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// Refused and evicted connections: an attacker causes them at will.
+static REFUSALS: Throttle = Throttle::new(Duration::from_secs(10));
+
 pub struct Shared {
     pub config: ReceiverConfig,
     pub store: Store,
     pub tls: Option<Arc<ServerConfig>>,
-    pub active: AtomicUsize,
+    /// The live connections and the fairness rules.
+    pub admission: Admission,
     pub busy_answerers: AtomicUsize,
     pub shutting_down: AtomicBool,
 }
@@ -53,12 +64,32 @@ impl std::fmt::Display for ServeError {
     }
 }
 
-/// Counts a live connection; the slot is freed however the thread ends.
+/// Counts a busy answerer; freed however the thread ends.
 struct Slot<'a>(&'a AtomicUsize);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An admitted connection's place in `Admission`; given back however the
+/// thread ends.
+pub struct Ticket<'a> {
+    admission: &'a Admission,
+    id: u64,
+}
+
+impl Ticket<'_> {
+    /// A request on this connection passed the token and certificate check.
+    pub fn authenticated(&self) {
+        self.admission.authenticated(self.id);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.admission.release(self.id);
     }
 }
 
@@ -104,10 +135,10 @@ pub fn serve(shared: Shared) -> Result<(), ServeError> {
         let _ = a.join();
     }
     let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while shared.admission.count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = shared.active.load(Ordering::SeqCst);
+    let left = shared.admission.count();
     if left > 0 {
         warn!("stopping with {left} connection(s) still open; unfinished uploads are discarded");
     }
@@ -145,30 +176,95 @@ fn accept_loop(listener: TcpListener, tls: bool, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let max = shared.config.max_connections;
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= max {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let _slot = Slot(&shared.busy_answerers);
-                    conn::answer_busy(stream, tls, &shared);
-                });
-            } else {
-                shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
-                drop(stream);
+        let peer = stream.peer_addr().ok();
+        let source = match (tls, peer) {
+            (true, Some(p)) => Source::tls(p.ip()),
+            _ => Source::Proxy,
+        };
+        let id = match shared.admission.admit(source, &stream) {
+            Admitted::Yes { id, evicted } => {
+                if let Some(from) = evicted {
+                    log_eviction(&shared, from, peer);
+                }
+                id
             }
-            continue;
-        }
+            Admitted::No(Refusal::PerAddress) => {
+                let cap = shared.admission.limits().per_ip;
+                REFUSALS.log(Level::Warn, "per-address", || {
+                    format!(
+                        "refused a connection from {}: that address already holds \
+                         max_connections_per_ip ({cap}) connections; closed",
+                        describe(peer)
+                    )
+                });
+                continue;
+            }
+            Admitted::No(Refusal::Busy) => {
+                answer_busy(&shared, stream, tls, peer);
+                continue;
+            }
+        };
         let for_thread = Arc::clone(&shared);
         let spawned = std::thread::Builder::new().spawn(move || {
-            let _slot = Slot(&for_thread.active);
-            conn::serve(stream, tls, &for_thread);
+            let ticket = Ticket {
+                admission: &for_thread.admission,
+                id,
+            };
+            conn::serve(stream, tls, &for_thread, &ticket);
         });
         if let Err(e) = spawned {
             // The closure, and with it the stream, is gone; free the slot.
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+            shared.admission.release(id);
             warn!("cannot start a connection thread: {e}");
         }
+    }
+}
+
+fn describe(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
+}
+
+fn log_eviction(shared: &Shared, from: Source, newcomer: Option<SocketAddr>) {
+    let limits = shared.admission.limits();
+    let from = match from {
+        Source::Addr(ip) => ip.to_string(),
+        Source::Proxy => "the proxy".to_owned(),
+    };
+    REFUSALS.log(Level::Warn, "evicted", || {
+        format!(
+            "closed the oldest unauthenticated connection from {from} to admit {}: \
+             connections that have not authenticated may hold {} of max_connections ({})",
+            describe(newcomer),
+            limits.unauthenticated,
+            limits.max
+        )
+    });
+}
+
+/// No slot may be given: 503 from a short-lived thread, or a plain close
+/// when all of those are busy too.
+fn answer_busy(shared: &Arc<Shared>, stream: TcpStream, tls: bool, peer: Option<SocketAddr>) {
+    let max = shared.config.max_connections;
+    if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
+        REFUSALS.log(Level::Warn, "busy", || {
+            format!(
+                "answered 503 to {}: all max_connections ({max}) slots are taken",
+                describe(peer)
+            )
+        });
+        let shared = Arc::clone(shared);
+        std::thread::spawn(move || {
+            let _slot = Slot(&shared.busy_answerers);
+            conn::answer_busy(stream, tls, &shared);
+        });
+    } else {
+        shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
+        REFUSALS.log(Level::Warn, "busy, unanswered", || {
+            format!(
+                "closed a connection from {} without an answer: all max_connections ({max}) \
+                 slots and all {BUSY_ANSWERERS} busy answerers are taken",
+                describe(peer)
+            )
+        });
     }
 }
