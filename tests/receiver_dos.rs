@@ -116,7 +116,7 @@ fn d2_dribbling_clients_are_cut_at_the_head_deadline() {
     let dir = TempDir::new("dos-d2");
     let pki = TestPki::new(&dir.join("pki"));
     let opts = ReceiverOptions {
-        extra: format!("head_timeout_s = {HEAD_TIMEOUT}\nmax_connections = 4\n"),
+        extra: format!("head_timeout_s = {HEAD_TIMEOUT}\n"),
         ..ReceiverOptions::tls(&pki, &dir.join("store"))
     };
     let r = Receiver::start(dir.path(), &opts);
@@ -427,4 +427,86 @@ fn keepalive_ping(conn: &mut ClientConnection, tcp: &mut TcpStream) -> String {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// A receiver with `CIS490_FAULT_AT` set, on TLS, `head_timeout_s = 2`.
+fn receiver_with_fault(dir: &TempDir, pki: &TestPki, fault: &str) -> Receiver {
+    let opts = ReceiverOptions {
+        extra: "head_timeout_s = 2\n".into(),
+        ..ReceiverOptions::tls(pki, &dir.join("store"))
+    };
+    let config = dir.join("receiver.toml");
+    write_file(&config, &opts.render(), 0o644);
+    Receiver::start_with_config(&config, true, false, &[("CIS490_FAULT_AT", fault)])
+}
+
+/// Whether the receiver closes a fresh connection without a word, at once.
+fn closed_at_once(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return true; // the listener is gone
+    };
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    match s.read(&mut [0u8; 1]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// D9, transient: one thread that cannot be started (EAGAIN, as from a
+/// pids limit) closes that one connection; the accept loop lives on and the
+/// next connection, a real `--ping`, is served.
+#[test]
+fn d9_one_failed_thread_spawn_closes_one_connection_and_serving_goes_on() {
+    let dir = TempDir::new("dos-d9-once");
+    let pki = TestPki::new(&dir.join("pki"));
+    let mut r = receiver_with_fault(&dir, &pki, "recv.spawn:EAGAIN@1");
+    let addr = r.https.unwrap();
+    assert!(closed_at_once(addr), "the first connection had no thread");
+    r.wait_log("cannot start a thread for the connection from 127.0.0.1");
+    let ident = pki.client("lab-01");
+    let ship = shipper_config(
+        dir.path(),
+        "lab-01",
+        &r.url(),
+        &pki.ca_file,
+        Some(&ident),
+        TOKEN_A,
+        "",
+    );
+    assert_exit(&shipper(&ship.config, &["--ping"]), 0);
+    assert!(r.child.try_wait().unwrap().is_none(), "the receiver exited");
+}
+
+/// D9, persistent: when no thread can be started at all, the receiver does
+/// not sit on a listener that serves nobody (before: a panic in the accept
+/// thread closed the listener and the process lived on, so systemd never
+/// restarted it). It logs why and exits non-zero within the give-up time.
+#[test]
+fn d9_persistently_failing_thread_spawns_end_the_process_non_zero() {
+    let dir = TempDir::new("dos-d9-always");
+    let pki = TestPki::new(&dir.join("pki"));
+    let mut r = receiver_with_fault(&dir, &pki, "recv.spawn:EAGAIN");
+    let addr = r.https.unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = r.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "still running after {:?}:\n{}",
+            t.elapsed(),
+            r.log_text()
+        );
+        // A client retrying: each attempt is closed without an answer.
+        assert!(closed_at_once(addr));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("exited {status} after {:?}", t.elapsed());
+    assert_eq!(status.code(), Some(70), "{}", r.log_text());
+    r.wait_log("starting a thread has failed");
+    r.wait_log("exiting so that systemd restarts the receiver");
 }
