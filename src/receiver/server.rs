@@ -361,12 +361,6 @@ fn answer_busy(
 ) -> io::Result<()> {
     let max = shared.config.max_connections;
     if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
-        REFUSALS.log(Level::Warn, "busy", || {
-            format!(
-                "answered 503 to {}: all max_connections ({max}) slots are taken",
-                describe(peer)
-            )
-        });
         let for_thread = Arc::clone(shared);
         let spawned = spawn(move || {
             let _slot = Slot(&for_thread.busy_answerers);
@@ -382,6 +376,12 @@ fn answer_busy(
             });
             return Err(e);
         }
+        REFUSALS.log(Level::Warn, "busy", || {
+            format!(
+                "answering 503 to {}: all max_connections ({max}) slots are taken",
+                describe(peer)
+            )
+        });
     } else {
         shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
         REFUSALS.log(Level::Warn, "busy, unanswered", || {
