@@ -305,8 +305,17 @@ client_ca_file = "/etc/cis490/tls/ca.crt"
 # Largest accepted upload, in bytes. Default 68719476736 (64 GiB).
 #max_body_bytes = 68719476736
 
-# Connections served at once; more wait in the kernel's backlog. Default 64.
+# Connections served at once (a thread each). At most half of them may be
+# connections that have not authenticated yet; when those are full, the
+# oldest unauthenticated connection of the busiest address is closed to
+# admit a newcomer. Beyond, 503. Default 64.
 #max_connections = 64
+
+# Connections one source address may hold on the TLS listener; more are
+# closed at once. Raise it if many lab hosts reach the receiver through one
+# NAT address. The plain listener (behind a proxy, one address for all) is
+# exempt: limit clients per address in the proxy. Default 8.
+#max_connections_per_ip = 8
 
 # Seconds to complete the TLS handshake and send a request head. Default 10.
 #head_timeout_s = 10

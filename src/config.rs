@@ -336,6 +336,9 @@ pub struct ReceiverConfig {
     pub max_body_bytes: u64,
     /// Defaults to 64.
     pub max_connections: usize,
+    /// Connections one source address may hold on the TLS listener (the
+    /// plain listener, behind a proxy, is exempt). Defaults to 8.
+    pub max_connections_per_ip: usize,
     /// Total time to receive a request head (and a TLS handshake). Defaults to 10 s.
     pub head_timeout: Duration,
     /// Per read of a request body, and per write of an answer. Defaults to 60 s.
@@ -348,7 +351,8 @@ pub struct ReceiverConfig {
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
-     max_body_bytes, max_connections, head_timeout_s, body_timeout_s, idle_timeout_s, [hosts]";
+     max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
+     body_timeout_s, idle_timeout_s, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -399,6 +403,7 @@ impl ReceiverConfig {
         let client_ca_file = doc.path("client_ca_file")?;
         let max_body_bytes = doc.integer("max_body_bytes", 64 << 30, 1, 1 << 50)?;
         let max_connections = doc.integer("max_connections", 64, 1, 4096)? as usize;
+        let max_connections_per_ip = doc.integer("max_connections_per_ip", 8, 1, 4096)? as usize;
         let head_timeout = doc.seconds("head_timeout_s", 10)?;
         let body_timeout = doc.seconds("body_timeout_s", 60)?;
         let idle_timeout = doc.seconds("idle_timeout_s", 30)?;
@@ -453,6 +458,7 @@ impl ReceiverConfig {
             client_ca_file,
             max_body_bytes,
             max_connections,
+            max_connections_per_ip,
             head_timeout,
             body_timeout,
             idle_timeout,

@@ -7,8 +7,11 @@
 //!   guard tidies anything up and hides a bug) at the first hit of that
 //!   point; `<name>@k` at the k-th hit. Before dying it writes one line,
 //!   `CRASHPOINT <name>`, to stderr so the test knows where it died.
-//! - `CIS490_FAULT_AT=<name>:ENOSPC|EDQUOT|EIO` makes every `io(<name>)` call
-//!   fail with that error, for as long as the variable is set.
+//! - `CIS490_FAULT_AT=<name>:ENOSPC|EDQUOT|EIO|EAGAIN` makes every
+//!   `io(<name>)` call fail with that error, for as long as the variable is
+//!   set; `<name>:<ERR>@k` fails only the k-th call (a transient failure).
+//!   Names: the store's file operations, and `recv.spawn` (starting a
+//!   receiver thread; EAGAIN is what a pids limit gives).
 
 /// Every crash point, so a test can loop over all of them.
 pub const POINTS: &[&str] = &[
@@ -81,12 +84,28 @@ mod imp {
         if want != name {
             return Ok(());
         }
+        let (err, nth) = match err.split_once('@') {
+            Some((e, k)) => (e, k.parse::<u32>().ok()),
+            None => (err, None),
+        };
         let code = match err {
             "ENOSPC" => libc::ENOSPC,
             "EDQUOT" => libc::EDQUOT,
             "EIO" => libc::EIO,
+            "EAGAIN" => libc::EAGAIN,
             _ => return Ok(()),
         };
+        if let Some(nth) = nth {
+            let mut hits = HITS.lock().unwrap_or_else(|p| p.into_inner());
+            let count = hits
+                .get_or_insert_with(HashMap::new)
+                .entry(format!("io:{name}"))
+                .or_insert(0);
+            *count += 1;
+            if *count != nth {
+                return Ok(());
+            }
+        }
         Err(io::Error::from_raw_os_error(code))
     }
 }

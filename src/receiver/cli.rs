@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
+use crate::receiver::admission::{Admission, Limits};
+
 use crate::config::{ReceiverConfig, RECEIVER_DEFAULT_PATH};
 use crate::receiver::server::{self, Shared};
 use crate::receiver::store::Store;
@@ -37,6 +39,9 @@ CONFIGURATION (TOML; unknown keys are errors):
                       each must name its host id as a DNS SAN
     max_body_bytes    largest upload accepted [default: 68719476736 (64 GiB)]
     max_connections   concurrent connections; 503 beyond [default: 64]
+    max_connections_per_ip
+                      connections one address may hold on the TLS listener
+                      [default: 8]
     head_timeout_s    total time for a handshake or request head [default: 10]
     body_timeout_s    per body read and answer write [default: 60]
     idle_timeout_s    keep-alive wait for the next request [default: 30]
@@ -130,11 +135,15 @@ pub fn main() -> ExitCode {
             ""
         }
     );
+    let admission = Admission::new(Limits::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+    ));
     let shared = Shared {
         config,
         store,
         tls,
-        active: AtomicUsize::new(0),
+        admission,
         busy_answerers: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
     };

@@ -8,16 +8,24 @@
 //! answer closes, after a bounded "lingering" read so a client still
 //! sending its body sees the status rather than a reset (bad-inputs.md L7).
 //!
-//! Timeouts (bad-inputs.md L3-L5): the handshake and each request head have
-//! a *total* deadline (`head_timeout_s`; a kept-alive connection waits at
-//! most `idle_timeout_s` for its next request), enforced by shrinking the
-//! socket timeout before every read. Body reads time out after
-//! `body_timeout_s` each, and the whole body must arrive before a deadline
-//! that allows a minimum rate, so a trickle cannot hold a thread forever.
+//! Timeouts (bad-inputs.md L3-L5): the handshake and the first request head
+//! share one *total* deadline (`head_timeout_s`); a kept-alive connection
+//! waits at most `idle_timeout_s` in total for its next request. Body reads
+//! time out after `body_timeout_s` each, and the whole body must arrive
+//! before a deadline that allows a minimum rate; every answer gets
+//! `body_timeout_s` to be written. Each phase arms its deadline on the
+//! socket wrapper (`deadline`), which re-arms the socket timeout before
+//! every socket read and write, including the ones rustls makes inside a
+//! handshake or a TLS record: a trickle cannot hold a thread past the
+//! deadline however the bytes are spread. Every cut is logged, at most one
+//! line per reason per 10 s (`CUTS`).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use crate::log::{Level, Throttle};
+use crate::receiver::deadline::DeadlineStream;
 
 use rustls::pki_types::CertificateDer;
 use rustls::{ServerConnection, StreamOwned};
@@ -26,7 +34,7 @@ use crate::auth::{self, Credentials};
 use crate::hashing::to_hex;
 use crate::http::{self, Limits, ReadHeadError, RequestHead};
 use crate::protocol::{self, status, Reply, Route, RouteError};
-use crate::receiver::server::Shared;
+use crate::receiver::server::{Shared, Ticket};
 use crate::receiver::store::{Existing, Outcome};
 use crate::{fault, info, timefmt, tls, warn};
 
@@ -37,24 +45,57 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: u64 = 64 << 20;
 const BODY_CHUNK: usize = 256 * 1024;
 
-/// A TCP stream, wrapped in TLS or not.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+/// Connections cut for being too slow, and failed handshakes: what an
+/// unauthenticated peer can cause at will, so one line per reason per 10 s.
+static CUTS: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// A TCP stream under its deadline, wrapped in TLS or not, and how long an
+/// answer may take to write.
+struct Stream {
+    io: Io,
+    answer_timeout: Duration,
+}
+
+enum Io {
+    Plain(DeadlineStream),
+    Tls(Box<StreamOwned<ServerConnection, DeadlineStream>>),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
+    fn sock(&self) -> &DeadlineStream {
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => &s.sock,
         }
     }
 
+    fn sock_mut(&mut self) -> &mut DeadlineStream {
+        match &mut self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => &mut s.sock,
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self.sock().tcp()
+    }
+
+    /// Starts a phase: every socket read and write from now on ends by
+    /// `until`, and none blocks longer than `per_op`.
+    fn arm(&mut self, until: Instant, per_op: Duration) {
+        self.sock_mut().arm(until, per_op);
+    }
+
+    /// An answer (or `100 Continue`) is about to be written.
+    fn arm_answer(&mut self) {
+        let t = self.answer_timeout;
+        self.arm(Instant::now() + t, t);
+    }
+
     fn peer_cert(&self) -> Option<CertificateDer<'static>> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Tls(s) => s
+        match &self.io {
+            Io::Plain(_) => None,
+            Io::Tls(s) => s
                 .conn
                 .peer_certificates()?
                 .first()
@@ -64,7 +105,7 @@ impl Stream {
 
     /// Ends the conversation: TLS close_notify, then a TCP half-close.
     fn finish(&mut self) {
-        if let Stream::Tls(s) = self {
+        if let Io::Tls(s) = &mut self.io {
             s.conn.send_close_notify();
             let _ = s.flush();
         }
@@ -72,17 +113,16 @@ impl Stream {
     }
 
     /// Half-close, then read and discard for a bounded time, so a client
-    /// still writing its body reads our answer instead of a reset.
+    /// still writing its body reads our answer instead of a reset. The
+    /// discarded bytes are read below TLS: nobody needs them decrypted.
     fn linger(&mut self) {
+        self.arm(Instant::now() + LINGER_TIME, LINGER_TIME);
         self.finish();
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut tcp = self.tcp();
+        let sock = self.sock_mut();
         let mut sink = [0u8; 16 * 1024];
         let mut total = 0u64;
         while total < LINGER_BYTES {
-            let Ok(left) = remaining(deadline) else { break };
-            let _ = tcp.set_read_timeout(Some(left));
-            match tcp.read(&mut sink) {
+            match sock.read(&mut sink) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n as u64,
             }
@@ -92,70 +132,74 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+        match &mut self.io {
+            Io::Plain(s) => s.read(buf),
+            Io::Tls(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
+        match &mut self.io {
+            Io::Plain(s) => s.write(buf),
+            Io::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
+        match &mut self.io {
+            Io::Plain(s) => s.flush(),
+            Io::Tls(s) => s.flush(),
         }
     }
 }
 
-/// Time left before `deadline`, or `TimedOut`. Never zero: a zero socket
-/// timeout means "block forever".
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left < Duration::from_millis(1) {
-        Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
-    } else {
-        Ok(left)
-    }
-}
-
+/// `deadline` turns every socket timeout into `TimedOut`.
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    e.kind() == io::ErrorKind::TimedOut
 }
 
-/// The TLS handshake, bounded by `deadline` as a whole.
-fn handshake(shared: &Shared, tcp: TcpStream, deadline: Instant) -> Result<Stream, String> {
-    let Some(config) = &shared.tls else {
-        return Ok(Stream::Plain(tcp));
+/// Why a handshake did not complete.
+enum HandshakeError {
+    /// The deadline armed on the socket passed.
+    TimedOut,
+    Failed(String),
+}
+
+/// The TLS handshake for a connection from the TLS listener (`tls`),
+/// bounded as a whole by the deadline armed on `sock` (rustls's reads
+/// inside `complete_io` go through it); nothing for the plain listener.
+fn handshake(
+    shared: &Shared,
+    mut sock: DeadlineStream,
+    tls: bool,
+    answer_timeout: Duration,
+) -> Result<Stream, HandshakeError> {
+    let (true, Some(config)) = (tls, &shared.tls) else {
+        return Ok(Stream {
+            io: Io::Plain(sock),
+            answer_timeout,
+        });
     };
-    let mut conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-    let mut tcp = tcp;
+    let mut conn =
+        ServerConnection::new(config.clone()).map_err(|e| HandshakeError::Failed(e.to_string()))?;
     while conn.is_handshaking() {
-        let left = remaining(deadline).map_err(|_| "handshake timed out".to_owned())?;
-        tcp.set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
-        match conn.complete_io(&mut tcp) {
+        match conn.complete_io(&mut sock) {
             Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Err("handshake timed out".into()),
+            Err(e) if is_timeout(&e) => return Err(HandshakeError::TimedOut),
             Err(e) => {
                 // Flush any alert rustls queued (e.g. certificate_required),
                 // so the client learns why.
-                let _ = conn.write_tls(&mut tcp);
-                return Err(e.to_string());
+                let _ = conn.write_tls(&mut sock);
+                return Err(HandshakeError::Failed(e.to_string()));
             }
         }
     }
-    Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
+    Ok(Stream {
+        io: Io::Tls(Box::new(StreamOwned::new(conn, sock))),
+        answer_timeout,
+    })
 }
 
 /// What the connection does after a request.
@@ -173,40 +217,48 @@ struct Ctx<'a> {
     /// Whether this connection came through our TLS listener (else the
     /// loopback plain listener, behind a proxy that did TLS itself).
     tls: bool,
+    /// This connection's place in the admission list.
+    ticket: &'a Ticket<'a>,
+    /// Whether `ticket` has been told that a request passed auth.
+    authenticated: std::cell::Cell<bool>,
 }
 
-pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
+pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared, ticket: &Ticket) {
     let peer = tcp
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let cfg = &shared.config;
-    let _ = tcp.set_write_timeout(Some(cfg.body_timeout));
-    let deadline = Instant::now() + cfg.head_timeout;
-    let mut stream = if tls {
-        match handshake(shared, tcp, deadline) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("{peer}: TLS handshake failed: {e}");
-                return;
-            }
+    let head_s = cfg.head_timeout.as_secs();
+    // One deadline for the handshake and the first request head together.
+    let sock = DeadlineStream::new(tcp, Instant::now() + cfg.head_timeout, cfg.head_timeout);
+    let mut stream = match handshake(shared, sock, tls, cfg.body_timeout) {
+        Ok(s) => s,
+        Err(HandshakeError::TimedOut) => {
+            CUTS.log(Level::Warn, "handshake", || {
+                format!(
+                    "{peer}: TLS handshake not finished within head_timeout_s ({head_s}s); closed"
+                )
+            });
+            return;
         }
-    } else {
-        Stream::Plain(tcp)
+        Err(HandshakeError::Failed(e)) => {
+            CUTS.log(Level::Warn, "handshake failed", || {
+                format!("{peer}: TLS handshake failed: {e}")
+            });
+            return;
+        }
     };
     let ctx = Ctx {
         shared,
         peer,
         cert: stream.peer_cert(),
         tls,
-    };
-    // A second handle on the same socket, to shrink its timeout between
-    // reads while `stream` is mutably borrowed by the reader.
-    let Ok(ctl) = stream.tcp().try_clone() else {
-        return;
+        ticket,
+        authenticated: std::cell::Cell::new(false),
     };
     let limits = Limits::default();
     let mut buf = Vec::new();
-    let mut deadline = deadline;
+    let mut first = true;
     loop {
         if shared
             .shutting_down
@@ -214,9 +266,9 @@ pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
         {
             break;
         }
-        let got = http::read_head(&mut stream, &mut buf, &limits, &mut || {
-            ctl.set_read_timeout(Some(remaining(deadline)?))
-        });
+        // The deadline armed on the socket bounds the whole head, whatever
+        // the reads inside TLS records: nothing to do between reads.
+        let got = http::read_head(&mut stream, &mut buf, &limits, &mut || Ok(()));
         let end = match got {
             Ok(Some(end)) => end,
             Ok(None) => break,
@@ -227,20 +279,42 @@ pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
                 stream.linger();
                 return;
             }
-            Err(ReadHeadError::Io(e)) if is_timeout(&e) && !buf.is_empty() => {
-                let reply =
-                    Reply::status("timeout").with_message("request head not received in time");
-                let _ = respond(&mut stream, 408, &[], &reply, false);
-                log_request(&ctx, None, "-", "-", 408, 0, Instant::now());
+            Err(ReadHeadError::Io(e)) if is_timeout(&e) && (first || !buf.is_empty()) => {
+                // Behind TLS, `buf` may be empty while bytes were arriving:
+                // a record is only decrypted once complete.
+                let got = buf.len();
+                let (key, secs) = if first {
+                    ("head_timeout_s", head_s)
+                } else {
+                    ("idle_timeout_s", cfg.idle_timeout.as_secs())
+                };
+                CUTS.log(Level::Warn, "head", || {
+                    format!("{peer}: request head not complete within {key} ({secs}s; {got} bytes of it decrypted); closed")
+                });
+                if got > 0 {
+                    let reply =
+                        Reply::status("timeout").with_message("request head not received in time");
+                    let _ = respond(&mut stream, 408, &[], &reply, false);
+                }
                 break;
             }
-            Err(ReadHeadError::Io(_)) => break, // idle timeout, reset, EOF mid-TLS
+            Err(ReadHeadError::Io(e)) if is_timeout(&e) => {
+                let idle_s = cfg.idle_timeout.as_secs();
+                CUTS.log(Level::Info, "idle", || {
+                    format!(
+                        "{peer}: kept-alive connection idle for idle_timeout_s ({idle_s}s); closed"
+                    )
+                });
+                break;
+            }
+            Err(ReadHeadError::Io(_)) => break, // reset, EOF mid-TLS
         };
+        first = false;
         let started = Instant::now();
         let head = http::parse_request_head(&buf[..end], &limits);
         buf.drain(..end);
         let next = match head {
-            Ok(head) => handle(&ctx, &mut stream, &ctl, &head, &mut buf, started),
+            Ok(head) => handle(&ctx, &mut stream, &head, &mut buf, started),
             Err(e) => {
                 let reply = Reply::status("bad_request").with_message(e.to_string());
                 let _ = respond(&mut stream, e.status(), &[], &reply, false);
@@ -249,7 +323,10 @@ pub fn serve(tcp: TcpStream, tls: bool, shared: &Shared) {
             }
         };
         match next {
-            Next::KeepAlive => deadline = Instant::now() + shared.config.idle_timeout,
+            Next::KeepAlive => {
+                let idle = shared.config.idle_timeout;
+                stream.arm(Instant::now() + idle, idle);
+            }
             Next::Close => break,
             Next::Linger => {
                 stream.linger();
@@ -269,6 +346,7 @@ fn respond(
     keep_alive: bool,
 ) -> io::Result<()> {
     fault::point("recv.before_response");
+    s.arm_answer();
     let body = reply.to_json();
     let len = body.len().to_string();
     let mut headers: Vec<(&str, &str)> = vec![
@@ -329,7 +407,6 @@ fn refuse(
 fn handle(
     ctx: &Ctx,
     s: &mut Stream,
-    ctl: &TcpStream,
     head: &RequestHead,
     buf: &mut Vec<u8>,
     started: Instant,
@@ -432,6 +509,11 @@ fn handle(
             return refuse(ctx, s, head, Some(host), 403, reply, &[], started);
         }
     }
+    // A known host is talking: this connection may no longer be evicted
+    // to make room for newcomers (see `admission`).
+    if !ctx.authenticated.replace(true) {
+        ctx.ticket.authenticated();
+    }
     match route {
         Route::Ping => ping(
             ctx,
@@ -451,7 +533,7 @@ fn handle(
                     .with_message(format!("authenticated as {host}, not {host_id}"));
                 return refuse(ctx, s, head, Some(host), 403, reply, &[], started);
             }
-            upload(ctx, s, ctl, head, host, &episode_id, &framing, buf, started)
+            upload(ctx, s, head, host, &episode_id, &framing, buf, started)
         }
     }
 }
@@ -488,7 +570,6 @@ fn ping(
 fn upload(
     ctx: &Ctx,
     s: &mut Stream,
-    ctl: &TcpStream,
     head: &RequestHead,
     host: &str,
     episode: &str,
@@ -595,16 +676,20 @@ fn upload(
             );
         }
     };
-    if framing.expect_continue
-        && buf.is_empty()
-        && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if framing.expect_continue && buf.is_empty() {
+        s.arm_answer();
+        if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .and_then(|()| s.flush())
             .is_err()
-    {
-        return Next::Close;
+        {
+            return Next::Close;
+        }
     }
-    // The body: what came with the head first, then the socket.
+    // The body: what came with the head first, then the socket. Each read
+    // may wait `body_timeout`, and the whole body must come by a deadline
+    // that allows the minimum rate.
     let body_deadline = started + cfg.body_timeout + Duration::from_secs(length / MIN_BODY_RATE);
+    s.arm(body_deadline, cfg.body_timeout);
     let mut left = length;
     let first = buf.len().min(usize::try_from(length).unwrap_or(usize::MAX));
     let mut write_err = up.write_all(&buf[..first]).err();
@@ -613,30 +698,8 @@ fn upload(
     let mut chunk = vec![0u8; BODY_CHUNK];
     let mut mid_body_hit = false;
     while left > 0 && write_err.is_none() {
-        let timeout = match remaining(body_deadline) {
-            Ok(t) => t.min(cfg.body_timeout),
-            Err(_) => {
-                warn!("{host}/{episode}: body too slow ({} of {length} bytes by the deadline); dropped", length - left);
-                let _ = respond(
-                    s,
-                    408,
-                    &[],
-                    &Reply::status("timeout").with_message("body too slow"),
-                    false,
-                );
-                log_request(
-                    ctx,
-                    Some(host),
-                    &head.method,
-                    &head.target,
-                    408,
-                    length - left,
-                    started,
-                );
-                return Next::Linger;
-            }
-        };
-        let _ = ctl.set_read_timeout(Some(timeout));
+        // Bytes kept coming, but too slowly for the minimum rate.
+        let too_slow = s.sock().expired();
         let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         match s.read(&mut chunk[..want]) {
             Ok(0) => {
@@ -656,15 +719,23 @@ fn upload(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => {
-                warn!(
-                    "{host}/{episode}: body stalled after {} of {length} bytes; nothing stored",
-                    length - left
-                );
+                // A read that waited its `body_timeout`, or the rest of the
+                // whole-body deadline, and got nothing.
+                let why = if too_slow {
+                    warn!("{host}/{episode}: body too slow ({} of {length} bytes by the deadline); dropped", length - left);
+                    "body too slow"
+                } else {
+                    warn!(
+                        "{host}/{episode}: body stalled after {} of {length} bytes; nothing stored",
+                        length - left
+                    );
+                    "body stalled"
+                };
                 let _ = respond(
                     s,
                     408,
                     &[],
-                    &Reply::status("timeout").with_message("body stalled"),
+                    &Reply::status("timeout").with_message(why),
                     false,
                 );
                 log_request(
@@ -756,14 +827,14 @@ fn upload(
 }
 
 /// All connection slots are taken: answer 503 quickly and close.
+///
+/// The handshake, the answer and the lingering close each get `quick` at
+/// most, enforced per socket read and write like everywhere else, so the
+/// few busy answerers cannot be held by a slow peer either.
 pub fn answer_busy(tcp: TcpStream, tls: bool, shared: &Shared) {
     let quick = Duration::from_secs(2).min(shared.config.head_timeout);
-    let _ = tcp.set_write_timeout(Some(quick));
-    let Ok(mut stream) = (if tls {
-        handshake(shared, tcp, Instant::now() + quick)
-    } else {
-        Ok(Stream::Plain(tcp))
-    }) else {
+    let sock = DeadlineStream::new(tcp, Instant::now() + quick, quick);
+    let Ok(mut stream) = handshake(shared, sock, tls, quick) else {
         return;
     };
     let reply = Reply::status("busy").with_message("too many connections; retry later");

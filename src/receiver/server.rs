@@ -1,10 +1,21 @@
 //! Listeners, connection threads and shutdown.
 //!
 //! One thread accepts per listener; each connection gets its own thread up
-//! to `max_connections`. Beyond that, a small number of extra short-lived
-//! threads answer 503 (the shipper reads it as "retry later") and anything
-//! past those is closed at once: a thread per connection makes idle
-//! connections the cheapest attack, so the limit is hard.
+//! to `max_connections`, under the fairness rules of `admission` (a cap per
+//! source address, a bounded share for connections that have not
+//! authenticated yet, eviction of the likeliest attacker rather than
+//! refusal of a newcomer). A newcomer that cannot be admitted gets a 503
+//! from one of a few extra short-lived threads (the shipper reads it as
+//! "retry later"), or is closed at once when those are busy too or its
+//! address is over its cap: a thread per connection makes idle connections
+//! the cheapest attack, so the limits are hard. Refusals and evictions are
+//! logged at most once per reason every 10 s, with counts.
+//!
+//! The accept loop never panics and never keeps a dead listener: a thread
+//! that cannot be started (a pids limit: EAGAIN) closes that one
+//! connection, and a loop that has failed to start any thread, or to
+//! accept, for a while ends the process with an error line and a non-zero
+//! exit, so systemd's `Restart=on-failure` brings a working one back.
 //!
 //! Shutdown: SIGTERM/SIGINT are blocked in every thread and awaited by the
 //! main thread (see `signal`). It stops the accept loops, lets running
@@ -20,20 +31,29 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use crate::config::ReceiverConfig;
+use crate::log::{Level, Throttle};
+use crate::receiver::admission::{Admission, Admitted, Refusal, Source};
 use crate::receiver::conn;
 use crate::receiver::store::Store;
-use crate::{info, signal, warn};
+use crate::{error, exit, fault, info, signal, warn};
 
 /// Extra threads that only answer 503 when all connection slots are taken.
 const BUSY_ANSWERERS: usize = 16;
 /// How long shutdown waits for running requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// An accept loop gives up after failing this long (at least; see
+/// `give_up_after`) without starting a single connection thread.
+const GIVE_UP_MIN: Duration = Duration::from_secs(5);
+
+/// Refused and evicted connections: an attacker causes them at will.
+static REFUSALS: Throttle = Throttle::new(Duration::from_secs(10));
 
 pub struct Shared {
     pub config: ReceiverConfig,
     pub store: Store,
     pub tls: Option<Arc<ServerConfig>>,
-    pub active: AtomicUsize,
+    /// The live connections and the fairness rules.
+    pub admission: Admission,
     pub busy_answerers: AtomicUsize,
     pub shutting_down: AtomicBool,
 }
@@ -53,12 +73,32 @@ impl std::fmt::Display for ServeError {
     }
 }
 
-/// Counts a live connection; the slot is freed however the thread ends.
+/// Counts a busy answerer; freed however the thread ends.
 struct Slot<'a>(&'a AtomicUsize);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An admitted connection's place in `Admission`; given back however the
+/// thread ends.
+pub struct Ticket<'a> {
+    admission: &'a Admission,
+    id: u64,
+}
+
+impl Ticket<'_> {
+    /// A request on this connection passed the token and certificate check.
+    pub fn authenticated(&self) {
+        self.admission.authenticated(self.id);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.admission.release(self.id);
     }
 }
 
@@ -86,9 +126,18 @@ pub fn serve(shared: Shared) -> Result<(), ServeError> {
         );
         wake.push(local);
         let shared = Arc::clone(&shared);
-        accepters.push(std::thread::spawn(move || {
-            accept_loop(listener, tls, shared)
-        }));
+        let accepter = std::thread::Builder::new()
+            .spawn(move || {
+                // Belt and braces: should the loop ever panic, the process
+                // must not live on with a closed listener.
+                let run =
+                    std::panic::AssertUnwindSafe(|| accept_loop(listener, local, tls, shared));
+                if std::panic::catch_unwind(run).is_err() {
+                    fatal(&format!("the accept loop on {local} panicked"));
+                }
+            })
+            .map_err(|e| ServeError::Setup(format!("cannot start the accept thread: {e}")))?;
+        accepters.push(accepter);
     }
     let sig = signal::wait_termination();
     info!(
@@ -104,10 +153,10 @@ pub fn serve(shared: Shared) -> Result<(), ServeError> {
         let _ = a.join();
     }
     let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while shared.admission.count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = shared.active.load(Ordering::SeqCst);
+    let left = shared.admission.count();
     if left > 0 {
         warn!("stopping with {left} connection(s) still open; unfinished uploads are discarded");
     }
@@ -130,45 +179,253 @@ fn wakeup_addr(mut a: SocketAddr) -> SocketAddr {
     a
 }
 
-fn accept_loop(listener: TcpListener, tls: bool, shared: Arc<Shared>) {
+/// Ends the process with an error line and a non-zero exit, for systemd's
+/// `Restart=on-failure`. Called from an accept thread, while the main
+/// thread is parked in sigwait(2) and cannot be woken without a signal.
+/// Nothing needs unwinding: an upload cut off here leaves only a temp,
+/// removed at the next start, exactly as after a kill -9.
+fn fatal(why: &str) -> ! {
+    error!("{why}; exiting so that systemd restarts the receiver");
+    std::process::exit(i32::from(exit::SOFTWARE))
+}
+
+/// Consecutive failures of an accept loop (accept(2) itself, or starting a
+/// thread): tells a passing shortage from a loop that cannot go on.
+#[derive(Debug, Default)]
+struct Failures {
+    since: Option<Instant>,
+    count: u64,
+}
+
+impl Failures {
+    /// Records a failure at `now`; true once the loop should give up: it
+    /// has failed at least three times in a row, over at least `give_up`.
+    fn fail(&mut self, now: Instant, give_up: Duration) -> bool {
+        let since = *self.since.get_or_insert(now);
+        self.count += 1;
+        self.count >= 3 && now.saturating_duration_since(since) >= give_up
+    }
+
+    /// A connection got its thread: whatever was short is not any more.
+    fn ok(&mut self) {
+        *self = Failures::default();
+    }
+}
+
+/// How long an accept loop may fail before it gives up: by the head
+/// deadline, every unauthenticated connection that held a thread when the
+/// trouble started has ended and freed it, so a shortage that outlasts it
+/// is not our own passing load but a limit that will not lift (TasksMax,
+/// RLIMIT_NPROC or RLIMIT_NOFILE below what `max_connections` needs).
+fn give_up_after(shared: &Shared) -> Duration {
+    shared.config.head_timeout.max(GIVE_UP_MIN)
+}
+
+/// Starts a thread, or says why not (without panicking, unlike
+/// `std::thread::spawn`). `recv.spawn` lets tests make it fail: CI runs as
+/// root, where RLIMIT_NPROC is not enforced.
+fn spawn(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    fault::io("recv.spawn")?;
+    std::thread::Builder::new().spawn(f).map(drop)
+}
+
+fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<Shared>) {
+    let give_up = give_up_after(&shared);
+    let mut failures = Failures::default();
+    let failed = |e: &io::Error, what: &str, failures: &mut Failures| {
+        if failures.fail(Instant::now(), give_up) {
+            fatal(&format!(
+                "listener {local}: {what} has failed {} times in a row over {}s (last: {e}); \
+                 check the unit's TasksMax and LimitNOFILE against max_connections ({}) \
+                 + {BUSY_ANSWERERS} threads, or lower max_connections",
+                failures.count,
+                give_up.as_secs(),
+                shared.config.max_connections
+            ));
+        }
+    };
     for stream in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
             break;
         }
         let stream = match stream {
             Ok(s) => s,
+            // The peer gave up before we accepted: about that connection,
+            // not the listener.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                warn!("accept failed: {e}");
+                REFUSALS.log(Level::Warn, "accept", || format!("accept failed: {e}"));
+                failed(&e, "accepting connections", &mut failures);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let max = shared.config.max_connections;
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= max {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let _slot = Slot(&shared.busy_answerers);
-                    conn::answer_busy(stream, tls, &shared);
-                });
-            } else {
-                shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
-                drop(stream);
+        let peer = stream.peer_addr().ok();
+        let source = match (tls, peer) {
+            (true, Some(p)) => Source::tls(p.ip()),
+            _ => Source::Proxy,
+        };
+        let id = match shared.admission.admit(source, &stream) {
+            Admitted::Yes { id, evicted } => {
+                if let Some(from) = evicted {
+                    log_eviction(&shared, from, peer);
+                }
+                id
             }
-            continue;
-        }
+            Admitted::No(Refusal::PerAddress) => {
+                let cap = shared.admission.limits().per_ip;
+                REFUSALS.log(Level::Warn, "per-address", || {
+                    format!(
+                        "refused a connection from {}: that address already holds \
+                         max_connections_per_ip ({cap}) connections; closed",
+                        describe(peer)
+                    )
+                });
+                continue;
+            }
+            Admitted::No(Refusal::Busy) => {
+                match answer_busy(&shared, stream, tls, peer) {
+                    Ok(()) => failures.ok(),
+                    Err(e) => failed(&e, "starting a thread", &mut failures),
+                }
+                continue;
+            }
+        };
         let for_thread = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().spawn(move || {
-            let _slot = Slot(&for_thread.active);
-            conn::serve(stream, tls, &for_thread);
+        let spawned = spawn(move || {
+            let ticket = Ticket {
+                admission: &for_thread.admission,
+                id,
+            };
+            conn::serve(stream, tls, &for_thread, &ticket);
+        });
+        match spawned {
+            Ok(()) => failures.ok(),
+            Err(e) => {
+                // The closure, and with it the stream, is gone (closed);
+                // free the slot. The server goes on: threads end all the
+                // time, and the next connection may get one.
+                shared.admission.release(id);
+                let n = failures.count + 1;
+                REFUSALS.log(Level::Error, "no thread", || {
+                    format!(
+                        "cannot start a thread for the connection from {}: {e}; closed it \
+                         ({n} in a row)",
+                        describe(peer)
+                    )
+                });
+                failed(&e, "starting a thread", &mut failures);
+            }
+        }
+    }
+}
+
+fn describe(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
+}
+
+fn log_eviction(shared: &Shared, from: Source, newcomer: Option<SocketAddr>) {
+    let limits = shared.admission.limits();
+    let from = match from {
+        Source::Addr(ip) => ip.to_string(),
+        Source::Proxy => "the proxy".to_owned(),
+    };
+    REFUSALS.log(Level::Warn, "evicted", || {
+        format!(
+            "closed the oldest unauthenticated connection from {from} to admit {}: \
+             connections that have not authenticated may hold {} of max_connections ({})",
+            describe(newcomer),
+            limits.unauthenticated,
+            limits.max
+        )
+    });
+}
+
+/// No slot may be given: 503 from a short-lived thread, or a plain close
+/// when all of those are busy too. Err: the thread could not be started
+/// (the connection is closed).
+fn answer_busy(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    tls: bool,
+    peer: Option<SocketAddr>,
+) -> io::Result<()> {
+    let max = shared.config.max_connections;
+    if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
+        let for_thread = Arc::clone(shared);
+        let spawned = spawn(move || {
+            let _slot = Slot(&for_thread.busy_answerers);
+            conn::answer_busy(stream, tls, &for_thread);
         });
         if let Err(e) = spawned {
-            // The closure, and with it the stream, is gone; free the slot.
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            warn!("cannot start a connection thread: {e}");
+            shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
+            REFUSALS.log(Level::Error, "no thread", || {
+                format!(
+                    "cannot start a thread to answer 503 to {}: {e}; closed the connection",
+                    describe(peer)
+                )
+            });
+            return Err(e);
+        }
+        REFUSALS.log(Level::Warn, "busy", || {
+            format!(
+                "answering 503 to {}: all max_connections ({max}) slots are taken",
+                describe(peer)
+            )
+        });
+    } else {
+        shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
+        REFUSALS.log(Level::Warn, "busy, unanswered", || {
+            format!(
+                "closed a connection from {} without an answer: all max_connections ({max}) \
+                 slots and all {BUSY_ANSWERERS} busy answerers are taken",
+                describe(peer)
+            )
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_give_up_only_when_persistent() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let give_up = s(5);
+        let mut f = Failures::default();
+        // One failure, even long after: a passing shortage.
+        assert!(!f.fail(t0, give_up));
+        assert!(!f.fail(t0 + s(1), give_up));
+        assert!(!f.fail(t0 + s(4), give_up), "not yet 5 s");
+        assert!(f.fail(t0 + s(5), give_up), "3 failures over 5 s");
+        // A success in between starts over.
+        let mut f = Failures::default();
+        assert!(!f.fail(t0, give_up));
+        assert!(!f.fail(t0 + s(3), give_up));
+        f.ok();
+        assert!(!f.fail(t0 + s(6), give_up));
+        assert!(!f.fail(t0 + s(7), give_up));
+        assert!(
+            !f.fail(t0 + s(10), give_up),
+            "only 4 s since the last success"
+        );
+        assert!(f.fail(t0 + s(11), give_up));
+        // Many failures in a burst are not enough without the time.
+        let mut f = Failures::default();
+        for i in 0..100 {
+            assert!(!f.fail(t0 + Duration::from_millis(i), give_up));
         }
     }
 }
