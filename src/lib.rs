@@ -30,5 +30,11 @@ pub mod signal;
 pub mod timefmt;
 pub mod tls;
 
+/// The size of every buffer that moves bulk bytes (file to zstd, tarball to
+/// socket, socket to store, file to sha256): large enough that syscalls
+/// and TLS record overhead are noise next to hashing and compression, small
+/// enough that memory stays flat (one buffer per stream).
+pub const IO_CHUNK: usize = 256 * 1024;
+
 /// The version both binaries report, and the receiver's ping answer carries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

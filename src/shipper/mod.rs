@@ -15,6 +15,7 @@ pub mod ping;
 pub mod progress;
 pub mod queue;
 pub mod tree;
+pub mod verdict;
 
 use crate::config::ShipperConfig;
 use crate::tls::{self, TlsError};

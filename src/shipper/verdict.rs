@@ -1,0 +1,123 @@
+//! What the shipper does with the receiver's answer to an upload: one pure
+//! function over the status and the JSON `status` field, the table of
+//! docs/transport.md ("Upload") in code. `queue` applies the verdict (moves
+//! files, logs, counts); nothing here touches a file or a socket.
+
+use crate::exit;
+use crate::protocol::{status, Reply};
+
+/// Why a pass stops early (the rest of the queue would meet the same fate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// 401/403: this host's token or certificate is refused (77).
+    Credentials,
+    /// 503: every connection slot is taken (75).
+    Busy,
+    /// 507: the receiver's store is full (75).
+    OutOfSpace,
+}
+
+impl Stop {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stop::Credentials => exit::NOPERM,
+            Stop::Busy | Stop::OutOfSpace => exit::TEMPFAIL,
+        }
+    }
+
+    /// How the log line names it.
+    pub fn what(self) -> &'static str {
+        match self {
+            Stop::Credentials => "receiver refused our credentials",
+            Stop::Busy => "receiver busy",
+            Stop::OutOfSpace => "receiver out of space",
+        }
+    }
+}
+
+/// The shipper's decision for one answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// 201 (`stored: true`) or 200: the receiver holds exactly these bytes.
+    Retire { stored: bool },
+    /// 409: other bytes are stored under this id (their digest, if given).
+    Quarantine { theirs: Option<String> },
+    /// 400 `digest_mismatch`: our tarball or its recorded digest is wrong;
+    /// drop both and pack again next pass (75).
+    Repack,
+    /// Stop the pass; everything is kept.
+    Stop(Stop),
+    /// A temporary failure of this upload: 408, 5xx (75).
+    Retry,
+    /// The receiver refuses this upload and will again: a human is needed
+    /// (65). Everything is kept.
+    Rejected,
+}
+
+/// The verdict for an answer with HTTP `code` and JSON body `reply`.
+pub fn verdict(code: u16, reply: Option<&Reply>) -> Verdict {
+    match code {
+        201 => Verdict::Retire { stored: true },
+        200 => Verdict::Retire { stored: false },
+        409 => Verdict::Quarantine {
+            theirs: reply.and_then(|r| r.sha256.clone()),
+        },
+        400 if reply.is_some_and(|r| r.status == status::DIGEST_MISMATCH) => Verdict::Repack,
+        401 | 403 => Verdict::Stop(Stop::Credentials),
+        503 => Verdict::Stop(Stop::Busy),
+        507 => Verdict::Stop(Stop::OutOfSpace),
+        408 => Verdict::Retry,
+        c if c >= 500 => Verdict::Retry,
+        _ => Verdict::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/transport.md, "Upload": every row, plus what the table leaves to
+    /// "other".
+    #[test]
+    fn the_upload_table() {
+        let with = |s: &str| Some(Reply::status(s));
+        let conflict = Reply::status(status::CONFLICT).with_sha256("ab".repeat(32));
+        let rows: Vec<(u16, Option<Reply>, Verdict)> = vec![
+            (201, with("stored"), Verdict::Retire { stored: true }),
+            (200, with("present"), Verdict::Retire { stored: false }),
+            (
+                409,
+                Some(conflict),
+                Verdict::Quarantine {
+                    theirs: Some("ab".repeat(32)),
+                },
+            ),
+            (409, None, Verdict::Quarantine { theirs: None }),
+            (400, with("digest_mismatch"), Verdict::Repack),
+            (400, with("bad_request"), Verdict::Rejected),
+            (400, None, Verdict::Rejected),
+            (401, with("unauthorized"), Verdict::Stop(Stop::Credentials)),
+            (403, with("forbidden"), Verdict::Stop(Stop::Credentials)),
+            (408, with("timeout"), Verdict::Retry),
+            (411, with("length_required"), Verdict::Rejected),
+            (413, with("too_large"), Verdict::Rejected),
+            (503, with("busy"), Verdict::Stop(Stop::Busy)),
+            (507, with("no_space"), Verdict::Stop(Stop::OutOfSpace)),
+            (500, with("error"), Verdict::Retry),
+            (502, None, Verdict::Retry),
+            (404, None, Verdict::Rejected),
+            (301, None, Verdict::Rejected),
+        ];
+        for (code, reply, want) in rows {
+            assert_eq!(verdict(code, reply.as_ref()), want, "{code} {reply:?}");
+        }
+    }
+
+    #[test]
+    fn stops_map_to_exit_codes() {
+        assert_eq!(Stop::Credentials.exit_code(), exit::NOPERM);
+        assert_eq!(Stop::Busy.exit_code(), exit::TEMPFAIL);
+        assert_eq!(Stop::OutOfSpace.exit_code(), exit::TEMPFAIL);
+        assert_eq!(Stop::OutOfSpace.what(), "receiver out of space");
+    }
+}
