@@ -14,10 +14,6 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-/// Size of the read buffer of [`sha256_file`]: large enough that the syscall
-/// count is negligible next to hashing, small enough to live on any heap.
-const FILE_BUF_SIZE: usize = 256 * 1024;
-
 /// A writer that hashes (SHA-256) and counts the bytes its inner writer
 /// accepted.
 ///
@@ -178,7 +174,7 @@ pub fn read_sidecar(path: &Path) -> Option<[u8; 32]> {
 pub fn sha256_file(path: &Path) -> io::Result<([u8; 32], u64)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; FILE_BUF_SIZE];
+    let mut buf = vec![0u8; crate::IO_CHUNK];
     let mut count = 0u64;
     loop {
         let n = match file.read(&mut buf) {
@@ -323,7 +319,7 @@ mod tests {
     fn sha256_file_matches_in_memory_digest() {
         let dir = temp_dir();
         // Spans several reads of the 256 KiB buffer and ends mid-buffer.
-        let data: Vec<u8> = (0..(FILE_BUF_SIZE * 3 + 12345))
+        let data: Vec<u8> = (0..(crate::IO_CHUNK * 3 + 12345))
             .map(|i| (i % 251) as u8)
             .collect();
         let path = dir.join("f");

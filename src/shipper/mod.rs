@@ -2,18 +2,25 @@
 //! connectivity check (`--ping`). Single-threaded, no async, no daemon:
 //! systemd's timer schedules passes.
 //!
-//! `cli` parses arguments and maps outcomes to exit codes; `ping` checks the
-//! path stage by stage; `queue` is the on-disk state machine; `pack` turns a
-//! directory into a tar.zst while hashing; `client` speaks HTTP over TLS;
-//! `progress` draws a live line on a terminal.
+//! - `cli` parses arguments and maps outcomes to exit codes; `ping` checks
+//!   the path stage by stage.
+//! - `queue` runs a pass: `tidy` (crash leftovers), `prepare` (reuse or
+//!   pack a tarball), the upload through `client::Session`, `verdict` (what
+//!   an answer means), `retire` (confirm, move to `shipped/`).
+//! - `outbox` names the files of the state machine; `tree` walks an episode
+//!   by descriptor and fingerprints it; `pack` turns it into a tar.zst while
+//!   hashing; `progress` draws a live line on a terminal.
 
 pub mod cli;
 pub mod client;
 pub mod outbox;
 pub mod pack;
 pub mod ping;
+pub mod prepare;
 pub mod progress;
 pub mod queue;
+pub mod retire;
+pub mod tidy;
 pub mod tree;
 pub mod verdict;
 

@@ -35,12 +35,6 @@ use crate::fsutil;
 use crate::hashing::{CountingWriter, HashingWriter};
 use crate::shipper::tree::{self, Entry, Fingerprint, WalkError};
 
-/// Size of the copy buffer between a source file and the tar stream, allocated
-/// once a pack. 256 KiB means few `read` syscalls even where readahead is
-/// poor; on page-cached data it measured the same as `io::copy`'s 8 KiB, as
-/// zstd dominates.
-const COPY_BUF_SIZE: usize = 256 * 1024;
-
 /// How often (in raw tar bytes) the progress callback is called at most,
 /// after a first call as soon as anything is written.
 const PROGRESS_EVERY: u64 = 1024 * 1024;
@@ -260,7 +254,7 @@ pub fn pack_episode(
 
     let mut packer = Packer {
         builder: tar::Builder::new(CountingWriter::new(encoder)),
-        buf: vec![0u8; COPY_BUF_SIZE],
+        buf: vec![0u8; crate::IO_CHUNK],
         warnings: Vec::new(),
         progress,
         // Report as soon as the first header is written, then every MiB: even
@@ -741,7 +735,7 @@ mod tests {
             fs::write(ep.join(name), data).unwrap();
         }
         // Larger than the copy buffer, not a multiple of it or of 512.
-        let big: Vec<u8> = (0..(COPY_BUF_SIZE * 2 + 777))
+        let big: Vec<u8> = (0..(crate::IO_CHUNK * 2 + 777))
             .map(|i| (i % 253) as u8)
             .collect();
         fs::write(ep.join("cam0/000000.jpg"), &big).unwrap();

@@ -1,53 +1,36 @@
-//! One `--once` pass: the on-disk state machine, mirroring docs/transport.md.
+//! One `--once` pass over `data_dir`: lock, tidy, list the finished
+//! episodes, and for each one prepare a tarball, upload it, and apply the
+//! verdict. The state machine this walks is drawn once, in
+//! docs/transport.md §2; its steps live in `prepare` (pack or reuse),
+//! `verdict` (what an answer means), `retire` (confirm and move) and
+//! `tidy` (crash leftovers). This module orders them, logs each outcome
+//! once at the severity of its exit class (75: warning; 65, 69, 77:
+//! error), counts, and decides the exit code (`Summary::exit_code`).
 //!
-//! ```text
-//! episodes/<id>/done.marker
-//!     | pack: tar -> zstd -> HashingWriter -> outbox/<id>.tar.zst.partial
-//!     |       fsync; write outbox/<id>.tar.zst.sha256 (digest + tree; tmp, fsync, rename)
-//!     |       rename .partial -> outbox/<id>.tar.zst; fsync outbox/
-//!     v
-//! PUT /v1/episodes/<host>/<id>  (Content-Digest from the sidecar; no re-read)
-//!     +-- 201/200 -> rename sidecar -> outbox/<id>.receipt; delete tarball; fsync outbox/
-//!     |              episode still the packed tree? no -> drop receipt, repack (409 next)
-//!     |              shipped/<id> exists? -> quarantine (outbox/<id>.conflict)
-//!     |              rename episodes/<id> -> shipped/<id>; fsync both dirs
-//!     |              delete receipt
-//!     +-- 409     -> outbox/<id>.conflict; skipped until an operator removes it
-//!     +-- 400 digest_mismatch -> delete tarball + sidecar: repack next pass
-//!     +-- 401/403 -> stop the pass (exit 77)
-//!     +-- 503/507 -> stop the pass, keep everything (75)
-//!     +-- 5xx, network, timeout -> keep everything; next pass retries (75)
-//!     +-- other 4xx -> keep everything; counted as rejected (65)
-//! ```
 //! Every step is idempotent, so a crash anywhere is finished by the next
-//! pass: a `.partial` is never uploaded and is removed at the start of a
-//! pass, a tarball is reused only while its episode is still the tree it was
-//! packed from (`tree::Fingerprint` in the sidecar), a receipt retires
-//! without another upload, and a repeated PUT of bytes the receiver already
-//! holds gets 200.
+//! pass.
 
-use std::fs::{self, File, OpenOptions};
+use std::fmt;
+use std::fs::{self, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use crate::config::ShipperConfig;
-use crate::fsutil::{self, remove_if_exists, sync_dir};
-use crate::hashing::{self, to_hex};
-use crate::protocol::{self, status};
-use crate::shipper::client::{Body, ClientError, Connection, Endpoint, Response};
-use crate::shipper::outbox::{self, Dirs, Record};
-use crate::shipper::pack::{self, PackOptions};
+use crate::fsutil::{remove_if_exists, sync_dir};
+use crate::hashing::to_hex;
+use crate::protocol;
+use crate::shipper::client::{ClientError, Endpoint, Response, Session};
+use crate::shipper::outbox::{Dirs, Record};
+use crate::shipper::pack::PackOptions;
+use crate::shipper::prepare::{self, write_durably, Tarball};
 use crate::shipper::progress::Progress;
-use crate::shipper::tree::{self, Fingerprint};
-use crate::{error, exit, fault, ids, info, timefmt, warn};
+use crate::shipper::retire::{self, RetireError};
+use crate::shipper::tidy::tidy;
+use crate::shipper::verdict::{self, Stop, Verdict};
+use crate::{error, exit, ids, info, timefmt, warn};
 
 const MARKER: &str = "done.marker";
-
-/// Passes in a row an episode may change while it is packed before the
-/// shipper stops retrying quietly and asks for a human (65): a recorder
-/// that still writes after `done.marker` is a bug to fix, not a race to win.
-const UNSTABLE_PASSES: u32 = 3;
 
 /// Counts for the summary line and the exit code.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,37 +60,78 @@ impl Summary {
     }
 }
 
-/// Why a pass could not start.
+/// Why a pass could not start: `data_dir` is unusable (exit 78).
 #[derive(Debug)]
 pub enum PassError {
-    /// data_dir missing or unusable: a configuration problem (78).
-    DataDir(String),
+    /// `data_dir` is missing or cannot be read.
+    DataDir {
+        config: PathBuf,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// `data_dir` is not a directory.
+    NotADirectory { config: PathBuf, path: PathBuf },
+    /// A step on `data_dir` itself failed: what, on which path.
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
-impl std::fmt::Display for PassError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for PassError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PassError::DataDir(m) => f.write_str(m),
+            PassError::DataDir {
+                config,
+                path,
+                source,
+            } => write!(
+                f,
+                "{}: data_dir {}: {source} (create it, or fix data_dir)",
+                config.display(),
+                path.display()
+            ),
+            PassError::NotADirectory { config, path } => write!(
+                f,
+                "{}: data_dir {} is not a directory",
+                config.display(),
+                path.display()
+            ),
+            PassError::Io { what, path, source } => {
+                write!(f, "cannot {what} {}: {source}", path.display())
+            }
         }
     }
+}
+
+impl std::error::Error for PassError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PassError::DataDir { source, .. } | PassError::Io { source, .. } => Some(source),
+            PassError::NotADirectory { .. } => None,
+        }
+    }
+}
+
+fn io_err(what: &'static str, path: &std::path::Path) -> impl FnOnce(io::Error) -> PassError {
+    let path = path.to_owned();
+    move |source| PassError::Io { what, path, source }
 }
 
 /// Runs one pass. `Ok(None)`: another pass holds the lock, nothing done.
 pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, PassError> {
     let data = &cfg.data_dir;
-    let meta = fs::metadata(data).map_err(|e| {
-        PassError::DataDir(format!(
-            "{}: data_dir {}: {e} (create it, or fix data_dir)",
-            cfg.path.display(),
-            data.display()
-        ))
+    let meta = fs::metadata(data).map_err(|source| PassError::DataDir {
+        config: cfg.path.clone(),
+        path: data.clone(),
+        source,
     })?;
     if !meta.is_dir() {
-        return Err(PassError::DataDir(format!(
-            "{}: data_dir {} is not a directory",
-            cfg.path.display(),
-            data.display()
-        )));
+        return Err(PassError::NotADirectory {
+            config: cfg.path.clone(),
+            path: data.clone(),
+        });
     }
     let lock_path = data.join(".lock");
     let lock = OpenOptions::new()
@@ -115,50 +139,50 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| PassError::DataDir(format!("cannot open {}: {e}", lock_path.display())))?;
+        .map_err(io_err("open", &lock_path))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             info!("another pass holds {}; nothing to do", lock_path.display());
             return Ok(None);
         }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(PassError::DataDir(format!(
-                "cannot lock {}: {e}",
-                lock_path.display()
-            )));
-        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
     }
     let dirs = Dirs::new(data);
     for d in [&dirs.episodes, &dirs.outbox, &dirs.shipped] {
-        fs::create_dir_all(d)
-            .map_err(|e| PassError::DataDir(format!("cannot create {}: {e}", d.display())))?;
+        fs::create_dir_all(d).map_err(io_err("create", d))?;
     }
     let started = Instant::now();
     let mut pass = Pass {
         cfg,
-        ep,
+        opts: PackOptions {
+            level: cfg.compression_level,
+            threads: cfg.compression_threads,
+        },
+        session: Session::new(ep),
         dirs,
-        conn: None,
         summary: Summary::default(),
     };
-    if let Err(e) = pass.tidy_outbox() {
+    if let Err(e) = tidy(&pass.dirs) {
         warn!("tidying {}: {e}", pass.dirs.outbox.display());
     }
-    let ready = pass.scan().map_err(|e| {
-        PassError::DataDir(format!("cannot list {}: {e}", pass.dirs.episodes.display()))
-    })?;
+    let ready = pass
+        .scan()
+        .map_err(io_err("list", &pass.dirs.episodes.clone()))?;
     pass.summary.ready = ready.len();
-    for id in &ready {
+    for (done, id) in ready.iter().enumerate() {
         pass.episode(id);
         if pass.summary.stopped.is_some() {
+            // What the stop left untried is retried by the next pass.
+            pass.summary.retry += ready.len() - done - 1;
             break;
         }
     }
-    if let Some(c) = pass.conn.take() {
-        c.close();
-    }
-    let s = &pass.summary;
+    let Pass {
+        session, summary, ..
+    } = pass;
+    session.close();
+    let s = &summary;
     info!(
         "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s",
         if s.stopped.is_some() { " (stopped early)" } else { "" },
@@ -173,50 +197,15 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         started.elapsed().as_secs_f64()
     );
     drop(lock); // the flock goes with the descriptor (and with the process on kill -9)
-    Ok(Some(pass.summary))
+    Ok(Some(summary))
 }
 
 struct Pass<'a> {
     cfg: &'a ShipperConfig,
-    ep: &'a Endpoint,
+    opts: PackOptions,
+    session: Session<'a>,
     dirs: Dirs,
-    conn: Option<Connection>,
     summary: Summary,
-}
-
-/// A finished tarball ready to upload.
-struct Tarball {
-    path: PathBuf,
-    record: Record,
-    size: u64,
-    /// Set when packed in this pass: raw bytes and seconds.
-    packed: Option<(u64, f64)>,
-}
-
-/// Why an episode could not be packed (or its tarball prepared).
-struct PrepError {
-    message: String,
-    /// Retrying will not help (e.g. unreadable files): counted as rejected,
-    /// so the pass exits 65 and an alert fires.
-    needs_human: bool,
-}
-
-impl From<String> for PrepError {
-    fn from(message: String) -> PrepError {
-        PrepError {
-            message,
-            needs_human: false,
-        }
-    }
-}
-
-/// What became of one upload attempt.
-enum Upload {
-    Answer(Response, f64),
-    /// The pass cannot go on (receiver unreachable, TLS): exit code.
-    Stop(u8, ClientError),
-    /// This episode failed in transit; others may still go.
-    Failed(ClientError),
 }
 
 /// What `finish` did with a confirmed episode.
@@ -225,93 +214,11 @@ enum Finished {
     Retired,
     /// Not retired: the episode is not the tree that was confirmed.
     Changed,
-    /// Not retired, and already logged and counted (conflict, rejected, retry).
+    /// Not retired, and already logged and counted.
     Counted,
 }
 
-/// Why an episode the receiver confirmed was not moved to `shipped/`.
-enum RetireError {
-    /// `episodes/<id>` is no longer the tree that was packed and confirmed:
-    /// the recorder changed it (or wrote a new recording under the id).
-    Changed,
-    /// `shipped/<id>` already exists: a second copy under one id.
-    Duplicate,
-    /// The move or a sync failed; `needs_human` when no later pass can heal
-    /// it (permissions, another file system, read-only).
-    Io {
-        what: String,
-        source: io::Error,
-        needs_human: bool,
-    },
-}
-
 impl Pass<'_> {
-    /// Removes what a crash left behind; see docs/transport.md. Never deletes
-    /// what might be the only copy of something.
-    fn tidy_outbox(&mut self) -> io::Result<()> {
-        let mut changed = false;
-        for entry in fs::read_dir(&self.dirs.outbox)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            let in_episodes = |id: &str| self.dirs.episode(id).exists();
-            match outbox::parse(&name) {
-                outbox::Name::Partial(_) | outbox::Name::Temp => {
-                    // Never uploaded, never renamed: a crash mid-pack. Repacked below.
-                    info!("removing unfinished {}", path.display());
-                    changed |= remove_if_exists(&path)?;
-                }
-                outbox::Name::Sidecar(id) => {
-                    if !self.dirs.tarball(id).exists() {
-                        changed |= remove_if_exists(&path)?;
-                    }
-                }
-                outbox::Name::Tarball(id) if !in_episodes(id) => {
-                    if self.shipped_copy_of(id) {
-                        // Crash after the retire, before the outbox delete.
-                        changed |= remove_if_exists(&path)?;
-                        remove_if_exists(&self.dirs.sidecar(id))?;
-                    } else {
-                        warn!(
-                            "{} has no episode in episodes/ (nor the one it was packed from in shipped/); leaving it for an operator",
-                            path.display()
-                        );
-                    }
-                }
-                // A receipt retires its episode; with the episode gone (a
-                // crash after the retire, or an operator) it has no use.
-                outbox::Name::Receipt(id) | outbox::Name::Unstable(id) if !in_episodes(id) => {
-                    changed |= remove_if_exists(&path)?;
-                }
-                outbox::Name::Tarball(_)
-                | outbox::Name::Receipt(_)
-                | outbox::Name::Unstable(_)
-                | outbox::Name::Conflict(_) => {}
-                outbox::Name::Unknown => warn!(
-                    "unexpected file {} in outbox/; leaving it alone",
-                    path.display()
-                ),
-            }
-        }
-        if changed {
-            sync_dir(&self.dirs.outbox)?;
-        }
-        Ok(())
-    }
-
-    /// Whether `shipped/<id>` is the tree the outbox tarball of `id` was
-    /// packed from (for a record without a tree, as before this check
-    /// existed: whether `shipped/<id>` exists at all).
-    fn shipped_copy_of(&self, id: &str) -> bool {
-        let shipped = self.dirs.shipped(id);
-        match Record::read(&self.dirs.sidecar(id)) {
-            Some(Record { tree: Some(t), .. }) => {
-                tree::fingerprint(&shipped, id).is_ok_and(|now| now == t)
-            }
-            _ => shipped.exists(),
-        }
-    }
-
     /// Finished episodes, oldest marker first (then by name, for ties).
     fn scan(&mut self) -> io::Result<Vec<String>> {
         let mut ready = Vec::new();
@@ -359,170 +266,222 @@ impl Pass<'_> {
             self.summary.conflicts += 1;
             return;
         }
-        // Confirmed by the receiver in an earlier pass, not yet retired.
-        let receipt = self.dirs.receipt(id);
-        if let Some(record) = Record::read(&receipt) {
-            // A crash between the receipt and the tarball's delete leaves both.
-            let _ = remove_if_exists(&self.dirs.tarball(id));
-            let sha = to_hex(&record.sha256);
-            match self.finish(id, &record, || {
-                format!("already present (the receiver confirmed sha256 {sha} in an earlier pass)")
-            }) {
-                Finished::Retired => self.summary.already_present += 1,
-                Finished::Counted => {}
-                // A new recording under the id (or more files): it is not
-                // what the receiver confirmed, so it ships like any other
-                // episode now, and meets the receiver's 409 if the id is taken.
-                Finished::Changed => self.forget_confirmed(id, &record, "packing it now"),
-            }
-            if self.dirs.receipt(id).exists() || !self.dirs.episode(id).exists() {
-                return;
-            }
-        } else if receipt.exists() {
-            warn!(
-                "{}: unreadable; uploading again (the receiver answers 200 for bytes it holds)",
-                receipt.display()
-            );
-            let _ = remove_if_exists(&receipt);
+        if !self.retire_from_receipt(id) {
+            return;
         }
-        let tarball = match self.prepare(id) {
+        let tarball = match prepare::prepare(&self.dirs, &self.opts, id) {
             Ok(t) => t,
-            Err(e) if e.needs_human => {
-                error!("{id}: {}; keeping it, will try again next pass", e.message);
+            Err(e) if e.needs_human() => {
+                error!("{id}: {e}; keeping it, will try again next pass");
                 self.summary.rejected += 1;
                 return;
             }
             Err(e) => {
-                error!("{id}: {}; will retry next pass", e.message);
+                warn!("{id}: {e}; will retry next pass");
                 self.summary.retry += 1;
                 return;
             }
         };
-        let (resp, secs) = match self.upload(id, &tarball) {
-            Upload::Answer(r, secs) => (r, secs),
-            Upload::Stop(code, e) => {
-                error!("{id}: {e}; stopping this pass ({})", e.hint());
-                self.summary.stopped = Some(code);
-                return;
+        let started = Instant::now();
+        match self.upload(id, &tarball) {
+            Ok(resp) => {
+                let secs = started.elapsed().as_secs_f64();
+                let v = verdict::verdict(resp.status, resp.reply.as_ref());
+                self.apply(id, v, &tarball, &resp, secs);
             }
-            Upload::Failed(e) => {
-                error!("{id}: upload failed: {e}; will retry next pass");
+            Err(e) => self.failed(id, &e),
+        }
+    }
+
+    /// An episode the receiver confirmed in an earlier pass retires from
+    /// its receipt, without another upload. False when the episode is done
+    /// with for this pass; true to go on and upload it (no receipt, or the
+    /// episode is no longer what was confirmed).
+    fn retire_from_receipt(&mut self, id: &str) -> bool {
+        let receipt = self.dirs.receipt(id);
+        let Some(record) = Record::read(&receipt) else {
+            if receipt.exists() {
+                warn!(
+                    "{}: unreadable; uploading again (the receiver answers 200 for bytes it holds)",
+                    receipt.display()
+                );
+                let _ = remove_if_exists(&receipt);
+            }
+            return true;
+        };
+        // A crash between the receipt and the tarball's delete leaves both.
+        let _ = remove_if_exists(&self.dirs.tarball(id));
+        let sha = to_hex(&record.sha256);
+        match self.finish(id, &record, || {
+            format!("already present (the receiver confirmed sha256 {sha} in an earlier pass)")
+        }) {
+            Finished::Retired => self.summary.already_present += 1,
+            Finished::Counted => {}
+            // A new recording under the id (or more files): it is not what
+            // the receiver confirmed, so it ships like any other episode
+            // now, and meets the receiver's 409 if the id is taken.
+            Finished::Changed => {
+                self.forget_confirmed(id, &record, "packing it now");
+                return true;
+            }
+        }
+        false
+    }
+
+    fn upload(&mut self, id: &str, t: &Tarball) -> Result<Response, ClientError> {
+        let auth = format!("Bearer {}", self.cfg.token.expose());
+        let digest = protocol::content_digest(&t.record.sha256);
+        let target = protocol::episode_path(&self.cfg.host_id, id);
+        let mut progress = Progress::new(&format!("{id}: uploading"), Some(t.size));
+        let r = self.session.put_file(
+            id,
+            &target,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", protocol::CONTENT_TYPE),
+                ("Content-Digest", &digest),
+            ],
+            &t.path,
+            t.size,
+            &mut |n| progress.update(n),
+        );
+        progress.finish();
+        r
+    }
+
+    /// No answer: `verdict::on_error` says whether the pass goes on.
+    fn failed(&mut self, id: &str, e: &ClientError) {
+        match verdict::on_error(e) {
+            Verdict::Stop(stop) => self.stop(id, stop, &format!("{e}; {}", e.hint())),
+            _ => {
+                warn!("{id}: upload failed: {e}; will retry next pass");
                 self.summary.retry += 1;
-                return;
             }
-        };
-        let sizes = match tarball.packed {
-            Some((raw, pack_secs)) => format!(
-                "{:.1} MB raw -> {:.1} MB ({:.0}%), packed in {pack_secs:.1}s,",
-                raw as f64 / 1e6,
-                tarball.size as f64 / 1e6,
-                tarball.size as f64 * 100.0 / raw.max(1) as f64
-            ),
-            None => format!("{:.1} MB (packed earlier),", tarball.size as f64 / 1e6),
-        };
-        let rate = tarball.size as f64 / secs.max(1e-6) / 1e6;
-        match resp.status {
-            200 | 201 => {
-                if let Err(e) = self.confirm(id) {
-                    error!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
+        }
+    }
+
+    /// Stops the pass: the rest of the queue would meet the same fate.
+    fn stop(&mut self, id: &str, stop: Stop, why: &str) {
+        let code = stop.exit_code();
+        if code == exit::TEMPFAIL {
+            warn!(
+                "{id}: {}: {why}; stopping this pass, the next one retries",
+                stop.what()
+            );
+            self.summary.retry += 1;
+        } else {
+            error!("{id}: {}: {why}; stopping this pass", stop.what());
+        }
+        self.summary.stopped = Some(code);
+    }
+
+    fn apply(&mut self, id: &str, v: Verdict, t: &Tarball, resp: &Response, secs: f64) {
+        match v {
+            Verdict::Retire { stored } => {
+                if let Err(e) = retire::confirm(&self.dirs, id) {
+                    warn!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
                     self.summary.retry += 1;
                     return;
                 }
-                let outcome = if resp.status == 201 {
-                    "stored"
-                } else {
-                    "already present"
+                let sizes = match t.packed {
+                    Some((raw, pack_secs)) => format!(
+                        "{:.1} MB raw -> {:.1} MB ({:.0}%), packed in {pack_secs:.1}s,",
+                        raw as f64 / 1e6,
+                        t.size as f64 / 1e6,
+                        t.size as f64 * 100.0 / raw.max(1) as f64
+                    ),
+                    None => format!("{:.1} MB (packed earlier),", t.size as f64 / 1e6),
                 };
-                let sha = to_hex(&tarball.record.sha256);
-                let finished = self.finish(id, &tarball.record, || {
+                let rate = t.size as f64 / secs.max(1e-6) / 1e6;
+                let outcome = if stored { "stored" } else { "already present" };
+                let sha = to_hex(&t.record.sha256);
+                match self.finish(id, &t.record, || {
                     format!(
                         "{outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {sha}"
                     )
-                });
-                if finished == Finished::Changed {
-                    self.forget_confirmed(id, &tarball.record, "repacking it next pass");
-                    self.summary.retry += 1;
-                } else if finished == Finished::Retired {
-                    self.summary.compressed_bytes += tarball.size;
-                    if resp.status == 201 {
-                        self.summary.stored += 1;
-                    } else {
-                        self.summary.already_present += 1;
+                }) {
+                    Finished::Retired => {
+                        self.summary.compressed_bytes += t.size;
+                        if stored {
+                            self.summary.stored += 1;
+                        } else {
+                            self.summary.already_present += 1;
+                        }
                     }
+                    Finished::Changed => {
+                        self.forget_confirmed(id, &t.record, "repacking it next pass");
+                        self.summary.retry += 1;
+                    }
+                    Finished::Counted => {}
                 }
             }
-            409 => {
-                let theirs = resp
-                    .reply
-                    .as_ref()
-                    .and_then(|r| r.sha256.clone())
-                    .unwrap_or_else(|| "unknown".into());
-                let ours = to_hex(&tarball.record.sha256);
-                let text = format!(
+            Verdict::Quarantine { theirs } => {
+                let theirs = theirs.unwrap_or_else(|| "unknown".into());
+                let ours = to_hex(&t.record.sha256);
+                let note = format!(
                     "episode: {id}\nlocal_sha256: {ours}\nreceiver_sha256: {theirs}\ntime: {}\n\
                      The receiver holds other bytes under this id. Compare the two, keep the right one\n\
                      (see docs/transport.md, \"Conflicts\"), then delete this file to ship again.\n",
                     timefmt::now()
                 );
-                if let Err(e) = write_durably(&conflict, text.as_bytes()) {
-                    error!("{id}: cannot write {}: {e}", conflict.display());
-                }
+                let file = self.quarantine(id, &note);
                 error!(
                     "{id}: conflict: the receiver holds sha256 {theirs}, ours is {ours}; quarantined, remove {} after resolving",
-                    conflict.display()
+                    file.display()
                 );
-                self.summary.conflicts += 1;
             }
-            400 if resp
-                .reply
-                .as_ref()
-                .is_some_and(|r| r.status == status::DIGEST_MISMATCH) =>
-            {
+            Verdict::Repack => {
                 // Our recorded digest or the tarball is wrong: trust neither.
-                warn!("{id}: receiver says the body does not match its digest ({}); repacking next pass", resp.explain());
-                let _ = remove_if_exists(&tarball.path);
+                warn!(
+                    "{id}: receiver says the body does not match its digest ({}); repacking next pass",
+                    resp.explain()
+                );
+                let _ = remove_if_exists(&t.path);
                 let _ = remove_if_exists(&self.dirs.sidecar(id));
                 let _ = sync_dir(&self.dirs.outbox);
                 self.summary.retry += 1;
             }
-            401 | 403 => {
-                error!(
-                    "{id}: receiver refused our credentials ({} {}): check token_file and cert_file for host {}; stopping this pass",
+            Verdict::Stop(Stop::Credentials) => {
+                let why = format!(
+                    "{} {}: check token_file and cert_file for host {}",
                     resp.status,
                     resp.explain(),
                     self.cfg.host_id
                 );
-                self.summary.stopped = Some(exit::NOPERM);
+                self.stop(id, Stop::Credentials, &why);
             }
-            503 | 507 => {
-                let what = if resp.status == 507 {
-                    "receiver out of space"
-                } else {
-                    "receiver busy"
-                };
+            Verdict::Stop(stop) => {
+                let why = format!("receiver answered {} ({})", resp.status, resp.explain());
+                self.stop(id, stop, &why);
+            }
+            Verdict::Retry => {
                 warn!(
-                    "{id}: receiver answered {} ({}): {what}; stopping this pass, the next one retries",
+                    "{id}: receiver answered {} ({}); will retry next pass",
                     resp.status,
                     resp.explain()
                 );
                 self.summary.retry += 1;
-                self.summary.stopped = Some(exit::TEMPFAIL);
             }
-            s if s >= 500 || s == 408 => {
-                warn!(
-                    "{id}: receiver answered {s} ({}); will retry next pass",
-                    resp.explain()
-                );
-                self.summary.retry += 1;
-            }
-            s => {
+            Verdict::Rejected => {
                 error!(
-                    "{id}: receiver rejected the upload with {s}: {}; keeping everything",
+                    "{id}: receiver rejected the upload with {}: {}; keeping everything",
+                    resp.status,
                     resp.explain()
                 );
                 self.summary.rejected += 1;
             }
         }
+    }
+
+    /// Writes `outbox/<id>.conflict` (the episode is skipped until an
+    /// operator deletes it) and counts the conflict.
+    fn quarantine(&mut self, id: &str, note: &str) -> PathBuf {
+        let file = self.dirs.conflict(id);
+        if let Err(e) = write_durably(&file, note.as_bytes()) {
+            error!("{id}: cannot write {}: {e}", file.display());
+        }
+        self.summary.conflicts += 1;
+        file
     }
 
     /// The receiver holds what was packed, but the episode on disk is
@@ -542,414 +501,41 @@ impl Pass<'_> {
     /// was confirmed); else logs and counts why it could not be retired,
     /// except `Changed`, which the caller handles.
     fn finish(&mut self, id: &str, record: &Record, done: impl FnOnce() -> String) -> Finished {
-        match self.retire(id, record) {
+        let e = match retire::retire(&self.dirs, id, record) {
             Ok(()) => {
                 info!("{id}: {}", done());
                 return Finished::Retired;
             }
             Err(RetireError::Changed) => return Finished::Changed,
-            Err(RetireError::Duplicate) => {
-                let conflict = self.dirs.conflict(id);
-                let text = format!(
-                    "episode: {id}\nlocal_sha256: {}\ntime: {}\n\
-                     The receiver confirmed episodes/{id} (this sha256), but shipped/{id} already exists:\n\
-                     two directories under one id. Nothing was deleted. Compare them; if they are the same\n\
-                     recording delete episodes/{id}, else move one of them away (a new id ships as new);\n\
-                     then delete this file.\n",
-                    to_hex(&record.sha256),
-                    timefmt::now()
-                );
-                if let Err(e) = write_durably(&conflict, text.as_bytes()) {
-                    error!("{id}: cannot write {}: {e}", conflict.display());
-                }
-                error!(
-                    "{id}: the receiver has it, but shipped/{id} already exists: a second copy under one id, kept in episodes/ for a human; see {}",
-                    conflict.display()
-                );
-                self.summary.conflicts += 1;
-            }
-            Err(RetireError::Io {
-                what,
-                source,
-                needs_human: true,
-            }) => {
-                error!(
-                    "{id}: the receiver has it, but {what} failed: {source}; {} The receipt in outbox/ keeps it from being uploaded again.",
-                    retire_fix(&source)
-                );
-                self.summary.rejected += 1;
-            }
-            Err(RetireError::Io { what, source, .. }) => {
-                error!("{id}: the receiver has it, but {what} failed: {source}; the next pass finishes (nothing is uploaded again)");
-                self.summary.retry += 1;
-            }
+            Err(e) => e,
+        };
+        if let RetireError::Duplicate = e {
+            let note = format!(
+                "episode: {id}\nlocal_sha256: {}\ntime: {}\n\
+                 The receiver confirmed episodes/{id} (this sha256), but shipped/{id} already exists:\n\
+                 two directories under one id. Nothing was deleted. Compare them; if they are the same\n\
+                 recording delete episodes/{id}, else move one of them away (a new id ships as new);\n\
+                 then delete this file.\n",
+                to_hex(&record.sha256),
+                timefmt::now()
+            );
+            let file = self.quarantine(id, &note);
+            error!(
+                "{id}: the receiver has it, but shipped/{id} already exists: a second copy under one id, kept in episodes/ for a human; see {}",
+                file.display()
+            );
+        } else if e.needs_human() {
+            error!(
+                "{id}: the receiver has it, but {e}; {} The receipt in outbox/ keeps it from being uploaded again.",
+                e.fix()
+            );
+            self.summary.rejected += 1;
+        } else {
+            warn!("{id}: the receiver has it, but {e}; the next pass finishes (nothing is uploaded again)");
+            self.summary.retry += 1;
         }
         Finished::Counted
     }
-
-    /// The tarball for `id`: the one in outbox/ if a pass already made it
-    /// and the episode is still the tree it was made from, else packed now.
-    fn prepare(&mut self, id: &str) -> Result<Tarball, PrepError> {
-        let path = self.dirs.tarball(id);
-        let sidecar = self.dirs.sidecar(id);
-        if let Ok(meta) = fs::metadata(&path) {
-            if meta.len() == 0 {
-                warn!("{}: empty tarball; repacking", path.display());
-                remove_if_exists(&path).map_err(|e| e.to_string())?;
-            } else if let Some(record) = Record::read(&sidecar) {
-                let current = match &record.tree {
-                    None => true, // older than the check: see `outbox::Record`
-                    Some(t) => self.still_packed_tree(id, t),
-                };
-                if current {
-                    return Ok(Tarball {
-                        path,
-                        record,
-                        size: meta.len(),
-                        packed: None,
-                    });
-                }
-                warn!(
-                    "{id}: changed since {} was packed; repacking",
-                    path.display()
-                );
-                remove_if_exists(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-                remove_if_exists(&sidecar)
-                    .map_err(|e| format!("removing {}: {e}", sidecar.display()))?;
-            } else {
-                // A tarball without a trustworthy digest: hash it once.
-                info!("{}: no recorded digest; hashing it", path.display());
-                let (sha256, size) = hashing::sha256_file(&path)
-                    .map_err(|e| format!("hashing {}: {e}", path.display()))?;
-                let record = Record { sha256, tree: None };
-                write_durably(&sidecar, record.to_text(id).as_bytes())
-                    .map_err(|e| format!("writing {}: {e}", sidecar.display()))?;
-                return Ok(Tarball {
-                    path,
-                    record,
-                    size,
-                    packed: None,
-                });
-            }
-        }
-        self.pack(id)
-    }
-
-    /// Whether `episodes/<id>` is still the tree `t` (an unreadable tree is
-    /// not: packing it again says why).
-    fn still_packed_tree(&self, id: &str, t: &Fingerprint) -> bool {
-        tree::fingerprint(&self.dirs.episode(id), id).is_ok_and(|now| now == *t)
-    }
-
-    fn pack(&mut self, id: &str) -> Result<Tarball, PrepError> {
-        fault::point("pack.start");
-        let dir = self.dirs.episode(id);
-        let partial = self.dirs.partial(id);
-        let final_path = self.dirs.tarball(id);
-        let sidecar = self.dirs.sidecar(id);
-        remove_if_exists(&partial).map_err(|e| format!("removing {}: {e}", partial.display()))?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .map_err(|e| format!("creating {}: {e}", partial.display()))?;
-        let started = Instant::now();
-        let opts = PackOptions {
-            level: self.cfg.compression_level,
-            threads: self.cfg.compression_threads,
-        };
-        let mut progress = Progress::new(&format!("{id}: packing"), None);
-        if progress.enabled() {
-            // Only for the ETA on a terminal: a metadata-only walk, no data read.
-            if let Ok(t) = tree::fingerprint(&dir, id) {
-                progress.set_total(t.bytes);
-            }
-        }
-        let mut mid_hit = false;
-        let result = pack::pack_episode(&dir, id, file, &opts, &mut |raw| {
-            progress.update(raw);
-            if !mid_hit && raw > 0 {
-                mid_hit = true;
-                fault::point("pack.mid_write");
-            }
-        });
-        progress.finish();
-        let cleanup = |msg: String| {
-            let _ = remove_if_exists(&partial);
-            msg
-        };
-        let (file, packed) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let message = cleanup(format!("packing: {e}"));
-                return Err(self.pack_failed(id, &e, message));
-            }
-        };
-        for w in &packed.warnings {
-            warn!("{id}: {w}");
-        }
-        fsutil::sync_file(&file)
-            .map_err(|e| cleanup(format!("syncing {}: {e}", partial.display())))?;
-        drop(file);
-        fault::point("pack.after_fsync");
-        let record = Record {
-            sha256: packed.sha256,
-            tree: Some(packed.tree),
-        };
-        write_durably(&sidecar, record.to_text(id).as_bytes())
-            .map_err(|e| cleanup(format!("writing {}: {e}", sidecar.display())))?;
-        fault::point("pack.after_sidecar");
-        fs::rename(&partial, &final_path)
-            .map_err(|e| cleanup(format!("renaming {}: {e}", partial.display())))?;
-        fault::point("pack.after_rename");
-        // The count of unstable passes ends with a pack that held still.
-        let _ = remove_if_exists(&self.dirs.unstable(id));
-        sync_dir(&self.dirs.outbox)
-            .map_err(|e| format!("syncing {}: {e}", self.dirs.outbox.display()))?;
-        fault::point("pack.after_dirfsync");
-        Ok(Tarball {
-            path: final_path,
-            record,
-            size: packed.compressed_bytes,
-            packed: Some((packed.raw_bytes, started.elapsed().as_secs_f64())),
-        })
-    }
-
-    /// Classifies a failed pack: what a retry can fix (75) and what needs a
-    /// human (65).
-    fn pack_failed(&self, id: &str, e: &pack::PackError, message: String) -> PrepError {
-        match e {
-            _ if e.is_no_space() => PrepError::from(format!(
-                "{message} (free space in {})",
-                self.dirs.outbox.display()
-            )),
-            pack::PackError::Read { source, .. }
-                if source.kind() == io::ErrorKind::PermissionDenied =>
-            {
-                // Permissions do not fix themselves between passes.
-                PrepError {
-                    message: format!(
-                        "{message} (the shipper's user must be able to read every file: see docs/deploy.md, ownership)"
-                    ),
-                    needs_human: true,
-                }
-            }
-            pack::PackError::Changed { path, .. } => {
-                // Still being written after done.marker: retry quietly a few
-                // times (a recorder finishing late), then ask for a human.
-                let passes = self.count_unstable_pass(id);
-                if passes >= UNSTABLE_PASSES {
-                    PrepError {
-                        message: format!(
-                            "the recorder is still writing {} after done.marker ({passes} passes in a row): {message}. \
-                             Fix the recorder to write done.marker last; delete {} to start counting again",
-                            path.display(),
-                            self.dirs.unstable(id).display()
-                        ),
-                        needs_human: true,
-                    }
-                } else {
-                    PrepError::from(message)
-                }
-            }
-            _ => PrepError::from(message),
-        }
-    }
-
-    /// Adds one to `outbox/<id>.unstable` and returns the new count.
-    fn count_unstable_pass(&self, id: &str) -> u32 {
-        let path = self.dirs.unstable(id);
-        let before: u32 = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
-        let now = before.saturating_add(1);
-        if let Err(e) = write_durably(&path, format!("passes {now}\n").as_bytes()) {
-            warn!("{id}: cannot write {}: {e}", path.display());
-        }
-        now
-    }
-
-    fn connection(&mut self) -> Result<&mut Connection, ClientError> {
-        if self.conn.as_ref().is_some_and(|c| !c.is_reusable()) {
-            if let Some(c) = self.conn.take() {
-                c.close();
-            }
-        }
-        if self.conn.is_none() {
-            let c = self.ep.open()?;
-            fault::point("up.after_connect");
-            self.conn = Some(c);
-        }
-        Ok(self.conn.as_mut().expect("set just above"))
-    }
-
-    fn upload(&mut self, id: &str, t: &Tarball) -> Upload {
-        let (cfg, ep) = (self.cfg, self.ep);
-        let mut retried = false;
-        loop {
-            let started = Instant::now();
-            let reused = self
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.is_reusable() && c.requests() > 0);
-            let conn = match self.connection() {
-                Ok(c) => c,
-                // Cannot even connect: every later episode would fail too.
-                Err(e) => {
-                    return Upload::Stop(
-                        if e.is_tls() {
-                            exit::UNAVAILABLE
-                        } else {
-                            exit::TEMPFAIL
-                        },
-                        e,
-                    )
-                }
-            };
-            let mut file = match File::open(&t.path) {
-                Ok(f) => f,
-                Err(e) => {
-                    return Upload::Failed(ClientError::Body(io::Error::new(
-                        e.kind(),
-                        format!("opening {}: {e}", t.path.display()),
-                    )))
-                }
-            };
-            let auth = format!("Bearer {}", cfg.token.expose());
-            let digest = protocol::content_digest(&t.record.sha256);
-            let target = protocol::episode_path(&cfg.host_id, id);
-            let mut progress = Progress::new(&format!("{id}: uploading"), Some(t.size));
-            let result = conn.request(
-                "PUT",
-                &target,
-                &ep.url.authority(),
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", protocol::CONTENT_TYPE),
-                    ("Content-Digest", &digest),
-                ],
-                Some(Body {
-                    reader: &mut file,
-                    len: t.size,
-                }),
-                &mut |n| progress.update(n),
-            );
-            progress.finish();
-            match result {
-                Ok(r) => return Upload::Answer(r, started.elapsed().as_secs_f64()),
-                Err(e) if reused && !retried && e.is_stale_connection() => {
-                    // The receiver closed the kept-alive connection as we
-                    // reused it. A repeated PUT is safe: same bytes get 200.
-                    info!("{id}: kept-alive connection was closed by the receiver; retrying on a new one");
-                    self.conn = None;
-                    retried = true;
-                }
-                Err(e) => {
-                    self.conn = None;
-                    if e.is_tls() {
-                        return Upload::Stop(exit::UNAVAILABLE, e);
-                    }
-                    return Upload::Failed(e);
-                }
-            }
-        }
-    }
-
-    /// Records that the receiver holds the tarball's bytes: the sidecar
-    /// becomes `outbox/<id>.receipt` and the tarball goes, so a retire that
-    /// waits (for a human, or for the next pass) costs no disk and no
-    /// second upload. Idempotent: a crash anywhere here is finished by the
-    /// receipt path of the next pass.
-    fn confirm(&mut self, id: &str) -> io::Result<()> {
-        let sidecar = self.dirs.sidecar(id);
-        if sidecar.exists() {
-            fs::rename(&sidecar, self.dirs.receipt(id))?;
-        }
-        fault::point("ship.after_receipt");
-        remove_if_exists(&self.dirs.tarball(id))?;
-        // The receipt must survive a power cut before the retire below
-        // relies on it; a lost tarball delete is tidied by the next pass.
-        sync_dir(&self.dirs.outbox)?;
-        fault::point("ship.after_confirm");
-        Ok(())
-    }
-
-    /// Moves the episode to `shipped/`: the receiver confirmed it holds the
-    /// bytes packed from it. Only if the episode is still the tree that was
-    /// packed (else those bytes are not this episode), and never over an
-    /// existing `shipped/<id>` (a second copy is a human's call, never a
-    /// silent delete).
-    fn retire(&mut self, id: &str, record: &Record) -> Result<(), RetireError> {
-        let from = self.dirs.episode(id);
-        let to = self.dirs.shipped(id);
-        if let Some(t) = &record.tree {
-            if !self.still_packed_tree(id, t) {
-                return Err(RetireError::Changed);
-            }
-        }
-        if fs::symlink_metadata(&to).is_ok() {
-            return Err(RetireError::Duplicate);
-        }
-        let io = |what: String| {
-            move |source: io::Error| RetireError::Io {
-                needs_human: !heals_by_itself(&source),
-                what,
-                source,
-            }
-        };
-        fs::rename(&from, &to).map_err(io(format!(
-            "moving {} to {}",
-            from.display(),
-            to.display()
-        )))?;
-        fault::point("ship.after_rename");
-        sync_dir(&self.dirs.episodes)
-            .map_err(io(format!("syncing {}", self.dirs.episodes.display())))?;
-        sync_dir(&self.dirs.shipped)
-            .map_err(io(format!("syncing {}", self.dirs.shipped.display())))?;
-        fault::point("ship.after_dirfsync");
-        // The receipt has done its job. Not synced: if a power cut brings it
-        // back, its episode is gone from episodes/ and tidy removes it.
-        let receipt = self.dirs.receipt(id);
-        remove_if_exists(&receipt).map_err(io(format!("removing {}", receipt.display())))?;
-        fault::point("clean.after_unlink");
-        Ok(())
-    }
-}
-
-/// Whether a later pass can succeed where this retire failed. Permissions,
-/// another file system and a read-only mount stay as they are until someone
-/// acts; a full disk or an I/O hiccup may pass.
-fn heals_by_itself(e: &io::Error) -> bool {
-    !matches!(
-        e.raw_os_error(),
-        Some(libc::EACCES | libc::EPERM | libc::EXDEV | libc::EROFS)
-    )
-}
-
-/// What an operator does about a retire error that will not heal.
-fn retire_fix(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EXDEV) => {
-            "episodes/ and shipped/ must be on one file system (a rename cannot cross mounts): \
-             do not mount shipped/ separately."
-        }
-        Some(libc::EROFS) => "data_dir is on a read-only file system: remount it read-write.",
-        _ => {
-            "moving a directory needs write permission on it (its `..` changes) as well as on \
-             episodes/ and shipped/: run the recorder with umask 0007 and group cis490 \
-             (docs/deploy.md, ownership), then `chmod -R g+rwX` the stuck episode."
-        }
-    }
-}
-
-/// Writes a small outbox file (sidecar, conflict note) via `<name>.tmp`;
-/// only one pass runs at a time (the lock), and tidy removes stale `.tmp`s.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    fsutil::write_atomically(Path::new(&tmp), path, bytes)
 }
 
 #[cfg(test)]

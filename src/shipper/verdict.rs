@@ -1,10 +1,11 @@
-//! What the shipper does with the receiver's answer to an upload: one pure
-//! function over the status and the JSON `status` field, the table of
-//! docs/transport.md ("Upload") in code. `queue` applies the verdict (moves
+//! What the shipper does with the outcome of an upload: the receiver's
+//! answer (`verdict`, the table of docs/transport.md "Upload" in code) or a
+//! failure to get one (`on_error`). `queue` applies the verdict (moves
 //! files, logs, counts); nothing here touches a file or a socket.
 
 use crate::exit;
 use crate::protocol::{status, Reply};
+use crate::shipper::client::{ClientError, Stage};
 
 /// Why a pass stops early (the rest of the queue would meet the same fate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,13 +16,18 @@ pub enum Stop {
     Busy,
     /// 507: the receiver's store is full (75).
     OutOfSpace,
+    /// No connection at all: DNS, TCP, or a handshake cut short (75).
+    Unreachable,
+    /// The TLS handshake failed on certificates (69): a human must act.
+    Tls,
 }
 
 impl Stop {
     pub fn exit_code(self) -> u8 {
         match self {
             Stop::Credentials => exit::NOPERM,
-            Stop::Busy | Stop::OutOfSpace => exit::TEMPFAIL,
+            Stop::Busy | Stop::OutOfSpace | Stop::Unreachable => exit::TEMPFAIL,
+            Stop::Tls => exit::UNAVAILABLE,
         }
     }
 
@@ -31,6 +37,8 @@ impl Stop {
             Stop::Credentials => "receiver refused our credentials",
             Stop::Busy => "receiver busy",
             Stop::OutOfSpace => "receiver out of space",
+            Stop::Unreachable => "receiver unreachable",
+            Stop::Tls => "TLS failed",
         }
     }
 }
@@ -72,6 +80,21 @@ pub fn verdict(code: u16, reply: Option<&Reply>) -> Verdict {
     }
 }
 
+/// The verdict for an upload that got no answer. Failing to reach the
+/// receiver at all (resolve, connect, handshake) stops the pass: every
+/// later episode would fail the same way. A TLS verdict on certificates
+/// needs a human. A failure in transit (send, receive, or reading our own
+/// tarball) concerns this episode only; the others may still go.
+pub fn on_error(e: &ClientError) -> Verdict {
+    if e.is_tls() {
+        return Verdict::Stop(Stop::Tls);
+    }
+    match e.stage() {
+        Stage::Resolve | Stage::Connect | Stage::Tls => Verdict::Stop(Stop::Unreachable),
+        Stage::Send | Stage::Receive => Verdict::Retry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +133,60 @@ mod tests {
         ];
         for (code, reply, want) in rows {
             assert_eq!(verdict(code, reply.as_ref()), want, "{code} {reply:?}");
+        }
+    }
+
+    #[test]
+    fn failures_without_an_answer() {
+        use std::io;
+        let io = |stage| ClientError::Io {
+            stage,
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+            before_response: false,
+        };
+        let rows = [
+            (
+                ClientError::Resolve {
+                    host: "r".into(),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                },
+                Verdict::Stop(Stop::Unreachable),
+            ),
+            (
+                ClientError::Connect {
+                    target: "r:1".into(),
+                    source: io::Error::from(io::ErrorKind::ConnectionRefused),
+                },
+                Verdict::Stop(Stop::Unreachable),
+            ),
+            (io(Stage::Tls), Verdict::Stop(Stop::Unreachable)),
+            (
+                ClientError::Timeout { stage: Stage::Tls },
+                Verdict::Stop(Stop::Unreachable),
+            ),
+            (
+                ClientError::Tls {
+                    detail: "bad cert".into(),
+                    hint: "",
+                },
+                Verdict::Stop(Stop::Tls),
+            ),
+            (io(Stage::Send), Verdict::Retry),
+            (io(Stage::Receive), Verdict::Retry),
+            (
+                ClientError::Timeout {
+                    stage: Stage::Receive,
+                },
+                Verdict::Retry,
+            ),
+            (ClientError::Protocol("garbage".into()), Verdict::Retry),
+            (
+                ClientError::Body(io::Error::from(io::ErrorKind::NotFound)),
+                Verdict::Retry,
+            ),
+        ];
+        for (e, want) in rows {
+            assert_eq!(on_error(&e), want, "{e:?}");
         }
     }
 

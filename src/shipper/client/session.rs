@@ -1,0 +1,95 @@
+//! A pass's conversation with the receiver: one kept-alive connection,
+//! opened on first use and reused for every upload, and the one retry that
+//! keep-alive calls for.
+//!
+//! A receiver may close an idle kept-alive connection just as we reuse it
+//! (its `idle_timeout_s`, a restart): the request then fails with EOF or a
+//! reset before any answer. Repeating a PUT is safe (bytes the receiver
+//! already holds get 200), so that one case is retried once on a fresh
+//! connection; any other failure is the caller's to judge.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use super::{Body, ClientError, Connection, Endpoint, Response};
+use crate::{fault, info};
+
+pub struct Session<'a> {
+    ep: &'a Endpoint,
+    conn: Option<Connection>,
+}
+
+impl<'a> Session<'a> {
+    /// No connection yet: the first request opens it.
+    pub fn new(ep: &'a Endpoint) -> Session<'a> {
+        Session { ep, conn: None }
+    }
+
+    /// The open connection, or a new one (resolve, connect, handshake).
+    fn connection(&mut self) -> Result<&mut Connection, ClientError> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_reusable()) {
+            if let Some(c) = self.conn.take() {
+                c.close();
+            }
+        }
+        if self.conn.is_none() {
+            let c = self.ep.open()?;
+            fault::point("up.after_connect");
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("set just above"))
+    }
+
+    /// PUTs the `len` bytes of the file at `path` to `target`. `label`
+    /// names the upload in the one log line a retry writes; `progress` gets
+    /// the body bytes sent so far (from zero again on a retry).
+    pub fn put_file(
+        &mut self,
+        label: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        path: &Path,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Response, ClientError> {
+        let mut retried = false;
+        loop {
+            let reused = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.is_reusable() && c.requests() > 0);
+            let authority = self.ep.url.authority();
+            let conn = self.connection()?;
+            let mut file = File::open(path).map_err(|e| {
+                ClientError::Body(io::Error::new(
+                    e.kind(),
+                    format!("opening {}: {e}", path.display()),
+                ))
+            })?;
+            let body = Body {
+                reader: &mut file,
+                len,
+            };
+            match conn.request("PUT", target, &authority, headers, Some(body), progress) {
+                Ok(r) => return Ok(r),
+                Err(e) if reused && !retried && e.is_stale_connection() => {
+                    info!("{label}: kept-alive connection was closed by the receiver; retrying on a new one");
+                    self.conn = None;
+                    retried = true;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Ends the conversation politely (TLS close_notify), if there was one.
+    pub fn close(mut self) {
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+    }
+}

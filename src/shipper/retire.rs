@@ -1,0 +1,175 @@
+//! After the receiver confirmed an upload: record that (`confirm`), then
+//! move the episode to `shipped/` (`retire`).
+//!
+//! ```text
+//! confirm: rename outbox/<id>.tar.zst.sha256 -> outbox/<id>.receipt
+//!          unlink outbox/<id>.tar.zst; fsync(outbox/)
+//! retire:  episodes/<id> still the tree in the receipt?  no -> Changed
+//!          shipped/<id> exists?                           yes -> Duplicate
+//!          rename episodes/<id> -> shipped/<id>; fsync(episodes/), fsync(shipped/)
+//!          unlink receipt
+//! ```
+//! The receipt makes a retire that has to wait (for a human, for the next
+//! pass) cost no disk and no second upload. Nothing here ever deletes an
+//! episode directory: a second copy under one id is a human's call.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use crate::fault;
+use crate::fsutil::{remove_if_exists, sync_dir};
+use crate::shipper::outbox::{Dirs, Record};
+use crate::shipper::prepare::still_packed_tree;
+
+/// Why an episode the receiver confirmed was not moved to `shipped/`.
+#[derive(Debug)]
+pub enum RetireError {
+    /// `episodes/<id>` is no longer the tree that was packed and confirmed:
+    /// the recorder changed it, or wrote a new recording under the id.
+    Changed,
+    /// `shipped/<id>` already exists: a second copy under one id.
+    Duplicate,
+    /// The move or a sync failed. `needs_human` when no later pass can heal
+    /// it (permissions, another file system, read-only).
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl RetireError {
+    fn io(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> RetireError {
+        move |source| RetireError::Io { what, path, source }
+    }
+
+    /// Whether a later pass can succeed where this one failed. Permissions,
+    /// another file system and a read-only mount stay as they are until
+    /// someone acts; a full disk or an I/O hiccup may pass.
+    pub fn needs_human(&self) -> bool {
+        match self {
+            RetireError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EXDEV | libc::EROFS)
+            ),
+            RetireError::Duplicate => true,
+            RetireError::Changed => false,
+        }
+    }
+
+    /// What an operator does about it, one sentence.
+    pub fn fix(&self) -> &'static str {
+        let RetireError::Io { source, .. } = self else {
+            return "see docs/transport.md, \"Conflicts\".";
+        };
+        match source.raw_os_error() {
+            Some(libc::EXDEV) => {
+                "episodes/ and shipped/ must be on one file system (a rename cannot cross mounts): \
+                 do not mount shipped/ separately."
+            }
+            Some(libc::EROFS) => "data_dir is on a read-only file system: remount it read-write.",
+            Some(libc::EACCES | libc::EPERM) => {
+                "moving a directory needs write permission on it (its `..` changes) as well as on \
+                 episodes/ and shipped/: run the recorder with umask 0007 and group cis490 \
+                 (docs/deploy.md, ownership), then `chmod -R g+rwX` the stuck episode."
+            }
+            _ => "the next pass tries again.",
+        }
+    }
+}
+
+impl fmt::Display for RetireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetireError::Changed => f.write_str("the episode changed after it was packed"),
+            RetireError::Duplicate => f.write_str("shipped/ already holds this id"),
+            RetireError::Io { what, path, source } => {
+                write!(f, "{what} {} failed: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RetireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RetireError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Records that the receiver holds the tarball's bytes: the sidecar
+/// becomes `outbox/<id>.receipt` and the tarball goes. Idempotent: a crash
+/// anywhere here is finished by the receipt path of the next pass.
+pub fn confirm(dirs: &Dirs, id: &str) -> io::Result<()> {
+    let sidecar = dirs.sidecar(id);
+    if sidecar.exists() {
+        fs::rename(&sidecar, dirs.receipt(id))?;
+    }
+    fault::point("ship.after_receipt");
+    remove_if_exists(&dirs.tarball(id))?;
+    // The receipt must survive a power cut before the retire relies on it;
+    // a lost tarball delete is tidied by the next pass.
+    sync_dir(&dirs.outbox)?;
+    fault::point("ship.after_confirm");
+    Ok(())
+}
+
+/// Moves the episode to `shipped/`: the receiver confirmed it holds the
+/// bytes packed from it. Only if the episode is still the tree that was
+/// packed (else those bytes are not this episode), and never over an
+/// existing `shipped/<id>` (a second copy is a human's call, never a
+/// silent delete).
+pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<(), RetireError> {
+    let from = dirs.episode(id);
+    let to = dirs.shipped(id);
+    if let Some(t) = &record.tree {
+        if !still_packed_tree(dirs, id, t) {
+            return Err(RetireError::Changed);
+        }
+    }
+    if fs::symlink_metadata(&to).is_ok() {
+        return Err(RetireError::Duplicate);
+    }
+    fs::rename(&from, &to).map_err(RetireError::io("moving it to shipped/:", from.clone()))?;
+    fault::point("ship.after_rename");
+    sync_dir(&dirs.episodes).map_err(RetireError::io("syncing", dirs.episodes.clone()))?;
+    sync_dir(&dirs.shipped).map_err(RetireError::io("syncing", dirs.shipped.clone()))?;
+    fault::point("ship.after_dirfsync");
+    // The receipt has done its job. Not synced: if a power cut brings it
+    // back, its episode is gone from episodes/ and tidy removes it.
+    let receipt = dirs.receipt(id);
+    remove_if_exists(&receipt).map_err(RetireError::io("removing", receipt.clone()))?;
+    fault::point("clean.after_unlink");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_heals_and_what_needs_a_human() {
+        let io = |errno| RetireError::Io {
+            what: "moving it to shipped/:",
+            path: PathBuf::from("/d/episodes/e"),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::EACCES, libc::EPERM, libc::EXDEV, libc::EROFS] {
+            assert!(io(errno).needs_human(), "{errno}");
+        }
+        for errno in [libc::ENOSPC, libc::EIO, libc::EBUSY] {
+            assert!(!io(errno).needs_human(), "{errno}");
+            assert_eq!(io(errno).fix(), "the next pass tries again.");
+        }
+        assert!(io(libc::EXDEV).fix().contains("one file system"));
+        assert!(io(libc::EACCES).fix().contains("umask 0007"));
+        assert_eq!(
+            io(libc::EACCES).to_string(),
+            "moving it to shipped/: /d/episodes/e failed: Permission denied (os error 13)"
+        );
+    }
+}
