@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-use crate::receiver::admission::{Admission, Limits};
+use crate::receiver::slots::{Limits, Slots};
 
 use crate::config::{ReceiverConfig, RECEIVER_DEFAULT_PATH};
 use crate::receiver::server::{self, Shared};
@@ -135,7 +135,7 @@ pub fn main() -> ExitCode {
             ""
         }
     );
-    let admission = Admission::new(Limits::new(
+    let slots = Slots::new(Limits::new(
         config.max_connections,
         config.max_connections_per_ip,
     ));
@@ -143,7 +143,7 @@ pub fn main() -> ExitCode {
         config,
         store,
         tls,
-        admission,
+        slots,
         busy_answerers: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
     };

@@ -34,7 +34,8 @@ use crate::auth::{self, Credentials};
 use crate::hashing::to_hex;
 use crate::http::{self, Limits, ReadHeadError, RequestHead};
 use crate::protocol::{self, status, Reply, Route, RouteError};
-use crate::receiver::server::{Shared, Ticket};
+use crate::receiver::server::Shared;
+use crate::receiver::slots::Ticket;
 use crate::receiver::store::{Existing, Outcome};
 use crate::{fault, info, timefmt, tls, warn};
 
@@ -217,7 +218,7 @@ struct Ctx<'a> {
     /// Whether this connection came through our TLS listener (else the
     /// loopback plain listener, behind a proxy that did TLS itself).
     tls: bool,
-    /// This connection's place in the admission list.
+    /// This connection's slot.
     ticket: &'a Ticket<'a>,
     /// Whether `ticket` has been told that a request passed auth.
     authenticated: std::cell::Cell<bool>,
@@ -510,7 +511,7 @@ fn handle(
         }
     }
     // A known host is talking: this connection may no longer be evicted
-    // to make room for newcomers (see `admission`).
+    // to make room for newcomers (see `slots`).
     if !ctx.authenticated.replace(true) {
         ctx.ticket.authenticated();
     }

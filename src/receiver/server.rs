@@ -1,7 +1,7 @@
 //! Listeners, connection threads and shutdown.
 //!
 //! One thread accepts per listener; each connection gets its own thread up
-//! to `max_connections`, under the fairness rules of `admission` (a cap per
+//! to `max_connections`, under the fairness rules of `slots` (a cap per
 //! source address, a bounded share for connections that have not
 //! authenticated yet, eviction of the likeliest attacker rather than
 //! refusal of a newcomer). A newcomer that cannot be admitted gets a 503
@@ -32,8 +32,8 @@ use rustls::ServerConfig;
 
 use crate::config::ReceiverConfig;
 use crate::log::{Level, Throttle};
-use crate::receiver::admission::{Admission, Admitted, Refusal, Source};
 use crate::receiver::conn;
+use crate::receiver::slots::{Admitted, Refusal, Slots, Source, Ticket};
 use crate::receiver::store::Store;
 use crate::{error, exit, fault, info, signal, warn};
 
@@ -53,7 +53,7 @@ pub struct Shared {
     pub store: Store,
     pub tls: Option<Arc<ServerConfig>>,
     /// The live connections and the fairness rules.
-    pub admission: Admission,
+    pub slots: Slots,
     pub busy_answerers: AtomicUsize,
     pub shutting_down: AtomicBool,
 }
@@ -79,26 +79,6 @@ struct Slot<'a>(&'a AtomicUsize);
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// An admitted connection's place in `Admission`; given back however the
-/// thread ends.
-pub struct Ticket<'a> {
-    admission: &'a Admission,
-    id: u64,
-}
-
-impl Ticket<'_> {
-    /// A request on this connection passed the token and certificate check.
-    pub fn authenticated(&self) {
-        self.admission.authenticated(self.id);
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.admission.release(self.id);
     }
 }
 
@@ -153,10 +133,10 @@ pub fn serve(shared: Shared) -> Result<(), ServeError> {
         let _ = a.join();
     }
     let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while shared.admission.count() > 0 && Instant::now() < deadline {
+    while shared.slots.count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = shared.admission.count();
+    let left = shared.slots.count();
     if left > 0 {
         warn!("stopping with {left} connection(s) still open; unfinished uploads are discarded");
     }
@@ -274,7 +254,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
             (true, Some(p)) => Source::tls(p.ip()),
             _ => Source::Proxy,
         };
-        let id = match shared.admission.admit(source, &stream) {
+        let id = match shared.slots.admit(source, &stream) {
             Admitted::Yes { id, evicted } => {
                 if let Some(from) = evicted {
                     log_eviction(&shared, from, peer);
@@ -282,7 +262,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
                 id
             }
             Admitted::No(Refusal::PerAddress) => {
-                let cap = shared.admission.limits().per_ip;
+                let cap = shared.slots.limits().per_ip;
                 REFUSALS.log(Level::Warn, "per-address", || {
                     format!(
                         "refused a connection from {}: that address already holds \
@@ -302,10 +282,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
         };
         let for_thread = Arc::clone(&shared);
         let spawned = spawn(move || {
-            let ticket = Ticket {
-                admission: &for_thread.admission,
-                id,
-            };
+            let ticket = Ticket::new(&for_thread.slots, id);
             conn::serve(stream, tls, &for_thread, &ticket);
         });
         match spawned {
@@ -314,7 +291,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
                 // The closure, and with it the stream, is gone (closed);
                 // free the slot. The server goes on: threads end all the
                 // time, and the next connection may get one.
-                shared.admission.release(id);
+                shared.slots.release(id);
                 let n = failures.count + 1;
                 REFUSALS.log(Level::Error, "no thread", || {
                     format!(
@@ -334,7 +311,7 @@ fn describe(peer: Option<SocketAddr>) -> String {
 }
 
 fn log_eviction(shared: &Shared, from: Source, newcomer: Option<SocketAddr>) {
-    let limits = shared.admission.limits();
+    let limits = shared.slots.limits();
     let from = match from {
         Source::Addr(ip) => ip.to_string(),
         Source::Proxy => "the proxy".to_owned(),
