@@ -630,8 +630,17 @@ fn upload(
         Ok(Existing::Present(d)) if d == expected => {
             if let Err(e) = store.confirm(host) {
                 warn!("{host}/{episode}: {e}");
-                let reply = Reply::status("error").with_message("storage error");
-                return refuse(ctx, s, head, Some(host), e.status(), reply, &[], started);
+                let reply = Reply::status(e.status().word()).with_message("storage error");
+                return refuse(
+                    ctx,
+                    s,
+                    head,
+                    Some(host),
+                    e.status().code(),
+                    reply,
+                    &[],
+                    started,
+                );
             }
             let reply = Reply::status(status::PRESENT).with_sha256(to_hex(&d));
             return refuse(ctx, s, head, Some(host), 200, reply, &[], started);
@@ -649,8 +658,8 @@ fn upload(
                 s,
                 head,
                 Some(host),
-                e.status(),
-                Reply::status("error").with_message("storage error"),
+                e.status().code(),
+                Reply::status(e.status().word()).with_message("storage error"),
                 &[],
                 started,
             );
@@ -660,17 +669,13 @@ fn upload(
         Ok(u) => u,
         Err(e) => {
             warn!("{host}/{episode}: {e}");
-            let st = if e.status() == 507 {
-                "no_space"
-            } else {
-                "error"
-            };
+            let st = e.status().word();
             return refuse(
                 ctx,
                 s,
                 head,
                 Some(host),
-                e.status(),
+                e.status().code(),
                 Reply::status(st).with_message("storage error"),
                 &[],
                 started,
@@ -757,19 +762,15 @@ fn upload(
         }
     }
     if let Some(e) = write_err {
-        let err = crate::receiver::store::StoreError::from_write(e);
+        let err = up.write_failed(e);
         warn!("{host}/{episode}: {err}");
-        let st = if err.status() == 507 {
-            "no_space"
-        } else {
-            "error"
-        };
+        let st = err.status().word();
         return refuse(
             ctx,
             s,
             head,
             Some(host),
-            err.status(),
+            err.status().code(),
             Reply::status(st).with_message("storage error"),
             &[],
             started,
@@ -801,12 +802,11 @@ fn upload(
         ),
         Err(e) => {
             warn!("{host}/{episode}: {e}");
-            let st = if e.status() == 507 {
-                "no_space"
-            } else {
-                "error"
-            };
-            (e.status(), Reply::status(st).with_message("storage error"))
+            let st = e.status().word();
+            (
+                e.status().code(),
+                Reply::status(st).with_message("storage error"),
+            )
         }
     };
     let keep = framing.keep_alive && matches!(code, 200 | 201);
