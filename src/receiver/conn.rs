@@ -404,3 +404,231 @@ impl Conn<'_> {
         self.answer(s, req, &answer, BodyRead::Whole(length), put.keep_alive)
     }
 }
+
+/// In-process tests: `serve` on one end of a loopback socket, the test on
+/// the other, with a real store in a temp dir; no binary, no TLS (the
+/// request code is the same behind TLS, and tests/ covers TLS end to end).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Token;
+    use crate::hashing::to_hex;
+    use crate::receiver::slots::{self, Limits, Slots, Source};
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+
+    const TOKEN: &str = "token-for-lab-01";
+
+    struct Fixture {
+        dir: PathBuf,
+        config: ReceiverConfig,
+        store: Store,
+        stopping: AtomicBool,
+        /// Two connections, one of them unauthenticated, at most.
+        slots: Slots,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            let dir =
+                std::env::temp_dir().join(format!("cis490-conn-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("receiver.toml");
+            let hash = to_hex(&Token::new(TOKEN).unwrap().hash().0);
+            let toml = format!(
+                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n[hosts]\n\"lab-01\" = \"{hash}\"\n",
+                dir.join("store").display()
+            );
+            std::fs::write(&path, toml).unwrap();
+            let config = ReceiverConfig::load(&path).unwrap();
+            let (store, _) = Store::open(&config.store_dir).unwrap();
+            Fixture {
+                dir,
+                config,
+                store,
+                stopping: AtomicBool::new(false),
+                slots: Slots::new(Limits::new(2, 8)),
+            }
+        }
+
+        /// Runs `client` against one connection served by `serve`.
+        fn connect<T>(&self, client: impl FnOnce(TcpStream) -> T) -> T {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    let (tcp, _) = listener.accept().unwrap();
+                    let slots::Admitted::Yes { id, .. } = self.slots.admit(Source::Proxy, &tcp)
+                    else {
+                        panic!("no slot for the test's connection")
+                    };
+                    let ticket = Ticket::new(&self.slots, id);
+                    let env = Env {
+                        config: &self.config,
+                        store: &self.store,
+                        stopping: &self.stopping,
+                    };
+                    serve(tcp, None, &env, &ticket);
+                });
+                let c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                client(c)
+            })
+        }
+
+        fn stored(&self, episode: &str) -> Option<Vec<u8>> {
+            std::fs::read(
+                self.config
+                    .store_dir
+                    .join(format!("lab-01/{episode}.tar.zst")),
+            )
+            .ok()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn put_head(episode: &str, body: &[u8], extra: &str) -> String {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        format!(
+            "PUT /v1/episodes/lab-01/{episode} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: {}\r\nContent-Digest: {}\r\n{extra}\r\n",
+            body.len(),
+            crate::protocol::content_digest(&digest)
+        )
+    }
+
+    const PING: &str =
+        "POST /v1/ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-for-lab-01\r\n\r\n";
+
+    fn read_to_close(c: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// One answer, by its Content-Length (on a connection that stays open).
+    fn read_answer(c: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n\r\n") {
+            c.read_exact(&mut byte).unwrap();
+            out.push(byte[0]);
+        }
+        let head = String::from_utf8(out).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        head + &String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn pipelined_requests_on_one_kept_alive_connection() {
+        let f = Fixture::new("keepalive");
+        let all = f.connect(|mut c| {
+            let req = format!("{}abc{PING}", put_head("e", b"abc", ""));
+            c.write_all(req.as_bytes()).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            read_to_close(&mut c)
+        });
+        let answers: Vec<&str> = all.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 2, "{all}");
+        assert!(answers[0].starts_with("201 Created\r\n"), "{all}");
+        assert!(
+            !answers[0].contains("Connection: close"),
+            "kept alive: {all}"
+        );
+        assert!(
+            answers[1].starts_with("200 OK\r\n") && answers[1].contains("\"host_id\":\"lab-01\""),
+            "{all}"
+        );
+        assert_eq!(f.stored("e").unwrap(), b"abc");
+    }
+
+    #[test]
+    fn continue_comes_before_the_body_and_only_when_awaited() {
+        let f = Fixture::new("continue");
+        let body = b"tarball";
+        let answer = f.connect(|mut c| {
+            let head = put_head("e", body, "Expect: 100-continue\r\nConnection: close\r\n");
+            c.write_all(head.as_bytes()).unwrap();
+            let mut interim = [0u8; answer::CONTINUE.len()];
+            c.read_exact(&mut interim).unwrap();
+            assert_eq!(&interim, answer::CONTINUE);
+            c.write_all(body).unwrap();
+            read_to_close(&mut c)
+        });
+        assert!(answer.starts_with("HTTP/1.1 201 Created\r\n"), "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+        // Bytes already after the head: the client stopped waiting; no 100.
+        let answer = f.connect(|mut c| {
+            let head = put_head("e2", body, "Expect: 100-continue\r\nConnection: close\r\n");
+            c.write_all(format!("{head}tarball").as_bytes()).unwrap();
+            read_to_close(&mut c)
+        });
+        assert!(answer.starts_with("HTTP/1.1 201 Created\r\n"), "{answer}");
+    }
+
+    #[test]
+    fn stored_bytes_are_confirmed_from_the_head_without_reading_the_body() {
+        let f = Fixture::new("present");
+        f.connect(|mut c| {
+            c.write_all(
+                format!("{}abc", put_head("e", b"abc", "Connection: close\r\n")).as_bytes(),
+            )
+            .unwrap();
+            assert!(read_to_close(&mut c).starts_with("HTTP/1.1 201"));
+        });
+        let answer = f.connect(|mut c| {
+            // Expect, and no body sent: the answer must come from the head.
+            c.write_all(put_head("e", b"abc", "Expect: 100-continue\r\n").as_bytes())
+                .unwrap();
+            read_to_close(&mut c)
+        });
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\"status\":\"present\""), "{answer}");
+        assert!(
+            answer.contains("Connection: close"),
+            "body unread: {answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{answer}");
+    }
+
+    #[test]
+    fn an_authenticated_request_frees_the_unauthenticated_share() {
+        let f = Fixture::new("ticket");
+        // Limits::new(2, _): one unauthenticated connection at most, and
+        // the proxy's connections are never evicted.
+        f.connect(|mut c| {
+            // Wait until the server thread holds the connection's slot.
+            let t = Instant::now();
+            while f.slots.count() == 0 {
+                assert!(t.elapsed() < Duration::from_secs(5), "never admitted");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                matches!(f.slots.admit(Source::Proxy, &c), slots::Admitted::No(_)),
+                "before a request, the connection under test holds the share"
+            );
+            c.write_all(PING.as_bytes()).unwrap();
+            assert!(read_answer(&mut c).starts_with("HTTP/1.1 200 OK\r\n"));
+            // The answer went out after the ticket was told.
+            let slots::Admitted::Yes { id, .. } = f.slots.admit(Source::Proxy, &c) else {
+                panic!("an authenticated connection still counted as unauthenticated")
+            };
+            f.slots.release(id);
+        });
+    }
+}
