@@ -5,7 +5,7 @@
 # Made to run next to one scp'd binary: no repository, no cargo, no network.
 # The units and the config template are embedded below (generated from etc/
 # by scripts/embed-templates.sh; tests/deploy.rs checks they match), so this
-# file plus the binary is all a lab host needs.
+# file plus the binary is all the central node needs.
 #
 # Idempotent: running it again reinstalls the binary and unit (same bytes,
 # same modes) and never touches an existing config, key or stored episode.
@@ -308,7 +308,9 @@ client_ca_file = "/etc/cis490/tls/ca.crt"
 # Connections served at once (a thread each). At most half of them may be
 # connections that have not authenticated yet; when those are full, the
 # oldest unauthenticated connection of the busiest address is closed to
-# admit a newcomer. Beyond, 503. Default 64.
+# admit a newcomer. Nothing waits for a slot: beyond, a newcomer is
+# answered 503 at once (shippers retry at their next pass), or closed
+# without an answer when 16 such answers are already under way. Default 64.
 #max_connections = 64
 
 # Connections one source address may hold on the TLS listener; more are

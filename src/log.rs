@@ -17,7 +17,6 @@ pub enum Level {
     Error = 3,
     Warn = 4,
     Info = 6,
-    Debug = 7,
 }
 
 impl Level {
@@ -26,7 +25,6 @@ impl Level {
             Level::Error => "error",
             Level::Warn => "warning",
             Level::Info => "info",
-            Level::Debug => "debug",
         }
     }
 }

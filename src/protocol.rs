@@ -1,5 +1,7 @@
 //! The protocol both sides speak, apart from sockets: the routes, the
-//! `Content-Digest` header (RFC 9530), and the JSON answer bodies.
+//! `Content-Digest` header (RFC 9530), the answers ([`Status`]: code, word
+//! and log level) and their JSON bodies. Not here: HTTP framing (`http`),
+//! and which answer a request earns (`receiver::admit`).
 //!
 //! ```text
 //! POST /v1/ping                              -> 200 {"status":"ok","host_id",..}
@@ -9,6 +11,7 @@
 //! docs/transport.md is the prose version; keep the two in step.
 
 use crate::ids;
+use crate::log::Level;
 
 pub const PING_PATH: &str = "/v1/ping";
 pub const EPISODES_PREFIX: &str = "/v1/episodes/";
@@ -223,12 +226,152 @@ mod reply {
     }
 }
 
-/// `status` values with a meaning the shipper acts on.
+/// Every answer the receiver sends, each with its HTTP code, the `status`
+/// word of its JSON body and the level of the request's log line: written
+/// here once, so that no call site pairs a code with a word (docs/transport.md,
+/// "Upload", is the table this follows).
+///
+/// Several variants share a code: 200 is `ok` (ping) or `present`, 400 is
+/// `bad_request` or `digest_mismatch`, and the shipper acts on the word.
+/// Refusals of a malformed head or framing (414, 417, 431, 501, 505) keep
+/// the word `bad_request`: the code says what HTTP says about it, the word
+/// what the shipper does (reject, 65), the same for all of them.
+///
+/// Levels: `warning` where the operator has something to do on the central
+/// node (a storage error, a full disk, too few connection slots); `info`
+/// for everything a client caused or can fix itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// 200 `ok`: a ping.
+    Ok,
+    /// 200 `present`: these exact bytes are already stored.
+    Present,
+    /// 201 `stored`: published and durable.
+    Stored,
+    /// 400 `bad_request`: malformed request, path, digest header, empty body.
+    BadRequest,
+    /// 400 `digest_mismatch`: the body's sha256 is not its `Content-Digest`.
+    DigestMismatch,
+    /// 401 `unauthorized`: no token, another scheme, an unknown token.
+    Unauthorized,
+    /// 403 `forbidden`: certificate of another host, or another host's path.
+    Forbidden,
+    /// 404 `not_found`
+    NotFound,
+    /// 405 `method_not_allowed` (with `Allow`)
+    MethodNotAllowed,
+    /// 408 `timeout`: head or body too slow.
+    Timeout,
+    /// 409 `conflict`: other bytes are stored under this id.
+    Conflict,
+    /// 411 `length_required`: no `Content-Length`, or a chunked body.
+    LengthRequired,
+    /// 413 `too_large`: over `max_body_bytes`.
+    TooLarge,
+    /// 414 `bad_request`: request line too long.
+    UriTooLong,
+    /// 417 `bad_request`: an expectation other than `100-continue`.
+    ExpectationFailed,
+    /// 431 `bad_request`: head too large or too many headers.
+    HeadTooLarge,
+    /// 500 `error`: a storage error other than a full disk.
+    Error,
+    /// 501 `bad_request`: a `Transfer-Encoding` other than chunked.
+    NotImplemented,
+    /// 503 `busy`: every connection slot is taken (with `Retry-After`).
+    Busy,
+    /// 505 `bad_request`: an HTTP version other than 1.0 and 1.1.
+    VersionNotSupported,
+    /// 507 `no_space`: the store is full.
+    NoSpace,
+}
+
+impl Status {
+    pub const fn code(self) -> u16 {
+        match self {
+            Status::Ok | Status::Present => 200,
+            Status::Stored => 201,
+            Status::BadRequest | Status::DigestMismatch => 400,
+            Status::Unauthorized => 401,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::Timeout => 408,
+            Status::Conflict => 409,
+            Status::LengthRequired => 411,
+            Status::TooLarge => 413,
+            Status::UriTooLong => 414,
+            Status::ExpectationFailed => 417,
+            Status::HeadTooLarge => 431,
+            Status::Error => 500,
+            Status::NotImplemented => 501,
+            Status::Busy => 503,
+            Status::VersionNotSupported => 505,
+            Status::NoSpace => 507,
+        }
+    }
+
+    /// The JSON body's `status`.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Present => "present",
+            Status::Stored => "stored",
+            Status::BadRequest
+            | Status::UriTooLong
+            | Status::ExpectationFailed
+            | Status::HeadTooLarge
+            | Status::NotImplemented
+            | Status::VersionNotSupported => "bad_request",
+            Status::DigestMismatch => "digest_mismatch",
+            Status::Unauthorized => "unauthorized",
+            Status::Forbidden => "forbidden",
+            Status::NotFound => "not_found",
+            Status::MethodNotAllowed => "method_not_allowed",
+            Status::Timeout => "timeout",
+            Status::Conflict => "conflict",
+            Status::LengthRequired => "length_required",
+            Status::TooLarge => "too_large",
+            Status::Error => "error",
+            Status::Busy => "busy",
+            Status::NoSpace => "no_space",
+        }
+    }
+
+    /// The level of the line that logs a request so answered.
+    pub const fn level(self) -> Level {
+        match self {
+            Status::Error | Status::Busy | Status::NoSpace => Level::Warn,
+            _ => Level::Info,
+        }
+    }
+
+    /// The answer to a head or framing that `http` refused with `code`
+    /// (`HeadError::status`, `Refusal::status`). `http` speaks HTTP codes
+    /// only; this is where they meet the protocol's words. It only ever
+    /// produces the codes matched here (a test in `receiver::admit` holds
+    /// it to that); any other would be a malformed request, 400.
+    pub const fn refusing(code: u16) -> Status {
+        match code {
+            411 => Status::LengthRequired,
+            414 => Status::UriTooLong,
+            417 => Status::ExpectationFailed,
+            431 => Status::HeadTooLarge,
+            501 => Status::NotImplemented,
+            505 => Status::VersionNotSupported,
+            _ => Status::BadRequest,
+        }
+    }
+}
+
+/// `status` words the shipper acts on (see [`Status`]).
 pub mod status {
-    pub const STORED: &str = "stored";
-    pub const PRESENT: &str = "present";
-    pub const CONFLICT: &str = "conflict";
-    pub const DIGEST_MISMATCH: &str = "digest_mismatch";
+    use super::Status;
+
+    pub const STORED: &str = Status::Stored.word();
+    pub const PRESENT: &str = Status::Present.word();
+    pub const CONFLICT: &str = Status::Conflict.word();
+    pub const DIGEST_MISMATCH: &str = Status::DigestMismatch.word();
 }
 
 #[cfg(test)]
@@ -326,6 +469,30 @@ mod tests {
         assert!(parse_content_digest("sha-256=:AAAA:").is_err()); // 3 bytes
         assert!(parse_content_digest("sha-256=:!!!!:").is_err());
         assert!(parse_content_digest("").is_err());
+    }
+
+    #[test]
+    fn every_status_has_the_code_and_word_of_the_transport_table() {
+        // docs/transport.md, "Upload": code, `status`.
+        #[rustfmt::skip]
+        let table = [
+            (Status::Stored, 201, "stored"), (Status::Present, 200, "present"),
+            (Status::Conflict, 409, "conflict"), (Status::DigestMismatch, 400, "digest_mismatch"),
+            (Status::BadRequest, 400, "bad_request"), (Status::Unauthorized, 401, "unauthorized"),
+            (Status::Forbidden, 403, "forbidden"), (Status::Timeout, 408, "timeout"),
+            (Status::LengthRequired, 411, "length_required"), (Status::TooLarge, 413, "too_large"),
+            (Status::Busy, 503, "busy"), (Status::NoSpace, 507, "no_space"),
+            (Status::Error, 500, "error"), (Status::Ok, 200, "ok"),
+        ];
+        for (s, code, word) in table {
+            assert_eq!((s.code(), s.word()), (code, word), "{s:?}");
+        }
+        for code in [400, 411, 414, 417, 431, 501, 505] {
+            assert_eq!(Status::refusing(code).code(), code);
+        }
+        assert_eq!(status::DIGEST_MISMATCH, "digest_mismatch");
+        assert_eq!(Status::NoSpace.level(), Level::Warn);
+        assert_eq!(Status::Unauthorized.level(), Level::Info);
     }
 
     #[test]

@@ -1,16 +1,15 @@
 //! `cis490-receiver`'s command line: parse arguments (no I/O), then load the
-//! configuration and serve. `--help`/`--version` return before any file is
-//! read.
+//! configuration, build the TLS configuration, open the store and run the
+//! server; map the outcome to an exit code. `--help`/`--version` return
+//! before any file is read. What the server does with its parts is
+//! `server`'s business.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-
-use crate::receiver::admission::{Admission, Limits};
 
 use crate::config::{ReceiverConfig, RECEIVER_DEFAULT_PATH};
-use crate::receiver::server::{self, Shared};
+use crate::receiver::server::{ServeError, Server};
 use crate::receiver::store::Store;
 use crate::{error, exit, info, tls};
 
@@ -135,21 +134,9 @@ pub fn main() -> ExitCode {
             ""
         }
     );
-    let admission = Admission::new(Limits::new(
-        config.max_connections,
-        config.max_connections_per_ip,
-    ));
-    let shared = Shared {
-        config,
-        store,
-        tls,
-        admission,
-        busy_answerers: AtomicUsize::new(0),
-        shutting_down: AtomicBool::new(false),
-    };
-    match server::serve(shared) {
+    match Server::new(config, store, tls).run() {
         Ok(()) => ExitCode::from(exit::OK),
-        Err(e @ server::ServeError::Bind(..)) => {
+        Err(e @ ServeError::Bind(..)) => {
             error!("{e}");
             ExitCode::from(exit::UNAVAILABLE)
         }

@@ -1,7 +1,10 @@
-//! Listeners, connection threads and shutdown.
+//! Listeners, connection threads and shutdown. The server owns the
+//! configuration, the store, each listener's TLS configuration and its own
+//! counters; it hands each connection to `conn` with what it needs, and
+//! never looks inside one.
 //!
 //! One thread accepts per listener; each connection gets its own thread up
-//! to `max_connections`, under the fairness rules of `admission` (a cap per
+//! to `max_connections`, under the fairness rules of `slots` (a cap per
 //! source address, a bounded share for connections that have not
 //! authenticated yet, eviction of the likeliest attacker rather than
 //! refusal of a newcomer). A newcomer that cannot be admitted gets a 503
@@ -32,8 +35,8 @@ use rustls::ServerConfig;
 
 use crate::config::ReceiverConfig;
 use crate::log::{Level, Throttle};
-use crate::receiver::admission::{Admission, Admitted, Refusal, Source};
-use crate::receiver::conn;
+use crate::receiver::conn::{self, Env};
+use crate::receiver::slots::{Admitted, Limits, Refusal, Slots, Source, Ticket};
 use crate::receiver::store::Store;
 use crate::{error, exit, fault, info, signal, warn};
 
@@ -48,29 +51,74 @@ const GIVE_UP_MIN: Duration = Duration::from_secs(5);
 /// Refused and evicted connections: an attacker causes them at will.
 static REFUSALS: Throttle = Throttle::new(Duration::from_secs(10));
 
-pub struct Shared {
-    pub config: ReceiverConfig,
-    pub store: Store,
-    pub tls: Option<Arc<ServerConfig>>,
+/// The receiver, ready to run: [`Server::new`], then [`Server::run`].
+pub struct Server {
+    config: ReceiverConfig,
+    store: Store,
+    /// For the `listen` listener; required when it is set.
+    tls: Option<Arc<ServerConfig>>,
     /// The live connections and the fairness rules.
-    pub admission: Admission,
-    pub busy_answerers: AtomicUsize,
-    pub shutting_down: AtomicBool,
+    slots: Slots,
+    /// Busy answerers running.
+    busy_answerers: AtomicUsize,
+    /// Set at shutdown: accept loops and connections stop taking work.
+    stopping: AtomicBool,
 }
 
+/// Why the server could not start (or go on).
 #[derive(Debug)]
 pub enum ServeError {
-    Setup(String),
+    /// SIGTERM/SIGINT could not be blocked (done before any thread starts).
+    Signals(io::Error),
+    /// `listen` is set without a TLS configuration: the TLS listener never
+    /// serves plain HTTP.
+    NoTls(SocketAddr),
+    /// bind(2) failed: the address is taken or not ours. Exit 69.
     Bind(SocketAddr, io::Error),
+    /// The bound listener's own address could not be read.
+    LocalAddr(SocketAddr, io::Error),
+    /// The listener's accept thread could not be started.
+    AcceptThread(SocketAddr, io::Error),
 }
 
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ServeError::Setup(m) => f.write_str(m),
+            ServeError::Signals(e) => write!(f, "cannot block SIGTERM and SIGINT: {e}"),
+            ServeError::NoTls(a) => write!(
+                f,
+                "listen = {a} needs cert_file and key_file: the TLS listener never serves plain HTTP"
+            ),
             ServeError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            ServeError::LocalAddr(a, e) => {
+                write!(f, "cannot read the address of the listener on {a}: {e}")
+            }
+            ServeError::AcceptThread(a, e) => write!(
+                f,
+                "cannot start the accept thread for {a}: {e}; check the unit's TasksMax"
+            ),
         }
     }
+}
+
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Signals(e)
+            | ServeError::Bind(_, e)
+            | ServeError::LocalAddr(_, e)
+            | ServeError::AcceptThread(_, e) => Some(e),
+            ServeError::NoTls(_) => None,
+        }
+    }
+}
+
+/// One bound listener, and whether it speaks TLS: `Some` always means a
+/// handshake (the loopback plain listener has `None`).
+struct Listener {
+    socket: TcpListener,
+    local: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 /// Counts a busy answerer; freed however the thread ends.
@@ -82,90 +130,105 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// An admitted connection's place in `Admission`; given back however the
-/// thread ends.
-pub struct Ticket<'a> {
-    admission: &'a Admission,
-    id: u64,
-}
+impl Server {
+    /// `tls` serves the `listen` address (built from `cert_file`,
+    /// `key_file` and `client_ca_file`); the plain listener never uses it.
+    pub fn new(config: ReceiverConfig, store: Store, tls: Option<Arc<ServerConfig>>) -> Server {
+        let slots = Slots::new(Limits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
+        Server {
+            config,
+            store,
+            tls,
+            slots,
+            busy_answerers: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
 
-impl Ticket<'_> {
-    /// A request on this connection passed the token and certificate check.
-    pub fn authenticated(&self) {
-        self.admission.authenticated(self.id);
+    /// What a connection needs from the server.
+    fn env(&self) -> Env<'_> {
+        Env {
+            config: &self.config,
+            store: &self.store,
+            stopping: &self.stopping,
+        }
     }
-}
 
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.admission.release(self.id);
-    }
-}
-
-pub fn serve(shared: Shared) -> Result<(), ServeError> {
-    signal::block_termination()
-        .map_err(|e| ServeError::Setup(format!("cannot block signals: {e}")))?;
-    let shared = Arc::new(shared);
-    let mut listeners = Vec::new();
-    if let Some(addr) = shared.config.listen {
-        listeners.push((bind(addr)?, true));
-    }
-    if let Some(addr) = shared.config.listen_plain {
-        listeners.push((bind(addr)?, false));
-    }
-    let mut wake = Vec::new();
-    let mut accepters = Vec::new();
-    for (listener, tls) in listeners {
-        let local = listener
-            .local_addr()
-            .map_err(|e| ServeError::Setup(e.to_string()))?;
-        // The readiness signal tests and operators wait for.
+    /// Binds the listeners, serves until SIGTERM/SIGINT, then lets running
+    /// requests finish for a grace period.
+    pub fn run(self) -> Result<(), ServeError> {
+        signal::block_termination().map_err(ServeError::Signals)?;
+        let mut listeners = Vec::new();
+        if let Some(addr) = self.config.listen {
+            let tls = self.tls.clone().ok_or(ServeError::NoTls(addr))?;
+            listeners.push(bind(addr, Some(tls))?);
+        }
+        if let Some(addr) = self.config.listen_plain {
+            listeners.push(bind(addr, None)?);
+        }
+        let server = Arc::new(self);
+        let mut wake = Vec::new();
+        let mut accepters = Vec::new();
+        for listener in listeners {
+            let local = listener.local;
+            // The readiness signal tests and operators wait for.
+            let scheme = if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            info!("listening on {scheme}://{local}");
+            wake.push(local);
+            let server = Arc::clone(&server);
+            let accepter = std::thread::Builder::new()
+                .spawn(move || {
+                    // Belt and braces: should the loop ever panic, the
+                    // process must not live on with a closed listener.
+                    let run = std::panic::AssertUnwindSafe(|| accept_loop(listener, server));
+                    if std::panic::catch_unwind(run).is_err() {
+                        fatal(&format!("the accept loop on {local} panicked"));
+                    }
+                })
+                .map_err(|e| ServeError::AcceptThread(local, e))?;
+            accepters.push(accepter);
+        }
+        let sig = signal::wait_termination();
         info!(
-            "listening on {}://{local}",
-            if tls { "https" } else { "http" }
+            "{sig} received: no new connections; waiting up to {}s for running requests",
+            SHUTDOWN_GRACE.as_secs()
         );
-        wake.push(local);
-        let shared = Arc::clone(&shared);
-        let accepter = std::thread::Builder::new()
-            .spawn(move || {
-                // Belt and braces: should the loop ever panic, the process
-                // must not live on with a closed listener.
-                let run =
-                    std::panic::AssertUnwindSafe(|| accept_loop(listener, local, tls, shared));
-                if std::panic::catch_unwind(run).is_err() {
-                    fatal(&format!("the accept loop on {local} panicked"));
-                }
-            })
-            .map_err(|e| ServeError::Setup(format!("cannot start the accept thread: {e}")))?;
-        accepters.push(accepter);
+        server.stopping.store(true, Ordering::SeqCst);
+        for addr in wake {
+            // accept() has no timeout; a connection of our own wakes it.
+            let _ = TcpStream::connect_timeout(&wakeup_addr(addr), Duration::from_secs(1));
+        }
+        for a in accepters {
+            let _ = a.join();
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while server.slots.count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = server.slots.count();
+        if left > 0 {
+            warn!(
+                "stopping with {left} connection(s) still open; unfinished uploads are discarded"
+            );
+        }
+        info!("stopped");
+        Ok(())
     }
-    let sig = signal::wait_termination();
-    info!(
-        "{sig} received: no new connections; waiting up to {}s for running requests",
-        SHUTDOWN_GRACE.as_secs()
-    );
-    shared.shutting_down.store(true, Ordering::SeqCst);
-    for addr in wake {
-        // accept() has no timeout; a connection of our own wakes it.
-        let _ = TcpStream::connect_timeout(&wakeup_addr(addr), Duration::from_secs(1));
-    }
-    for a in accepters {
-        let _ = a.join();
-    }
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while shared.admission.count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = shared.admission.count();
-    if left > 0 {
-        warn!("stopping with {left} connection(s) still open; unfinished uploads are discarded");
-    }
-    info!("stopped");
-    Ok(())
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).map_err(|e| ServeError::Bind(addr, e))
+fn bind(addr: SocketAddr, tls: Option<Arc<ServerConfig>>) -> Result<Listener, ServeError> {
+    let socket = TcpListener::bind(addr).map_err(|e| ServeError::Bind(addr, e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| ServeError::LocalAddr(addr, e))?;
+    Ok(Listener { socket, local, tls })
 }
 
 /// Where to connect to reach a listener bound to a wildcard address.
@@ -217,8 +280,8 @@ impl Failures {
 /// trouble started has ended and freed it, so a shortage that outlasts it
 /// is not our own passing load but a limit that will not lift (TasksMax,
 /// RLIMIT_NPROC or RLIMIT_NOFILE below what `max_connections` needs).
-fn give_up_after(shared: &Shared) -> Duration {
-    shared.config.head_timeout.max(GIVE_UP_MIN)
+fn give_up_after(config: &ReceiverConfig) -> Duration {
+    config.head_timeout.max(GIVE_UP_MIN)
 }
 
 /// Starts a thread, or says why not (without panicking, unlike
@@ -229,8 +292,9 @@ fn spawn(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
     std::thread::Builder::new().spawn(f).map(drop)
 }
 
-fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<Shared>) {
-    let give_up = give_up_after(&shared);
+fn accept_loop(listener: Listener, server: Arc<Server>) {
+    let local = listener.local;
+    let give_up = give_up_after(&server.config);
     let mut failures = Failures::default();
     let failed = |e: &io::Error, what: &str, failures: &mut Failures| {
         if failures.fail(Instant::now(), give_up) {
@@ -240,12 +304,12 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
                  + {BUSY_ANSWERERS} threads, or lower max_connections",
                 failures.count,
                 give_up.as_secs(),
-                shared.config.max_connections
+                server.config.max_connections
             ));
         }
     };
-    for stream in listener.incoming() {
-        if shared.shutting_down.load(Ordering::SeqCst) {
+    for stream in listener.socket.incoming() {
+        if server.stopping.load(Ordering::SeqCst) {
             break;
         }
         let stream = match stream {
@@ -270,19 +334,19 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
         };
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        let source = match (tls, peer) {
-            (true, Some(p)) => Source::tls(p.ip()),
+        let source = match (&listener.tls, peer) {
+            (Some(_), Some(p)) => Source::tls(p.ip()),
             _ => Source::Proxy,
         };
-        let id = match shared.admission.admit(source, &stream) {
+        let id = match server.slots.admit(source, &stream) {
             Admitted::Yes { id, evicted } => {
                 if let Some(from) = evicted {
-                    log_eviction(&shared, from, peer);
+                    log_eviction(&server.slots, from, peer);
                 }
                 id
             }
             Admitted::No(Refusal::PerAddress) => {
-                let cap = shared.admission.limits().per_ip;
+                let cap = server.slots.limits().per_ip;
                 REFUSALS.log(Level::Warn, "per-address", || {
                     format!(
                         "refused a connection from {}: that address already holds \
@@ -293,20 +357,18 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
                 continue;
             }
             Admitted::No(Refusal::Busy) => {
-                match answer_busy(&shared, stream, tls, peer) {
+                match answer_busy(&server, stream, &listener.tls, peer) {
                     Ok(()) => failures.ok(),
                     Err(e) => failed(&e, "starting a thread", &mut failures),
                 }
                 continue;
             }
         };
-        let for_thread = Arc::clone(&shared);
+        let for_thread = Arc::clone(&server);
+        let tls = listener.tls.clone();
         let spawned = spawn(move || {
-            let ticket = Ticket {
-                admission: &for_thread.admission,
-                id,
-            };
-            conn::serve(stream, tls, &for_thread, &ticket);
+            let ticket = Ticket::new(&for_thread.slots, id);
+            conn::serve(stream, tls.as_ref(), &for_thread.env(), &ticket);
         });
         match spawned {
             Ok(()) => failures.ok(),
@@ -314,7 +376,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, tls: bool, shared: Arc<
                 // The closure, and with it the stream, is gone (closed);
                 // free the slot. The server goes on: threads end all the
                 // time, and the next connection may get one.
-                shared.admission.release(id);
+                server.slots.release(id);
                 let n = failures.count + 1;
                 REFUSALS.log(Level::Error, "no thread", || {
                     format!(
@@ -333,8 +395,8 @@ fn describe(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
 }
 
-fn log_eviction(shared: &Shared, from: Source, newcomer: Option<SocketAddr>) {
-    let limits = shared.admission.limits();
+fn log_eviction(slots: &Slots, from: Source, newcomer: Option<SocketAddr>) {
+    let limits = slots.limits();
     let from = match from {
         Source::Addr(ip) => ip.to_string(),
         Source::Proxy => "the proxy".to_owned(),
@@ -354,20 +416,21 @@ fn log_eviction(shared: &Shared, from: Source, newcomer: Option<SocketAddr>) {
 /// when all of those are busy too. Err: the thread could not be started
 /// (the connection is closed).
 fn answer_busy(
-    shared: &Arc<Shared>,
+    server: &Arc<Server>,
     stream: TcpStream,
-    tls: bool,
+    tls: &Option<Arc<ServerConfig>>,
     peer: Option<SocketAddr>,
 ) -> io::Result<()> {
-    let max = shared.config.max_connections;
-    if shared.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
-        let for_thread = Arc::clone(shared);
+    let max = server.config.max_connections;
+    if server.busy_answerers.fetch_add(1, Ordering::SeqCst) < BUSY_ANSWERERS {
+        let for_thread = Arc::clone(server);
+        let tls = tls.clone();
         let spawned = spawn(move || {
             let _slot = Slot(&for_thread.busy_answerers);
-            conn::answer_busy(stream, tls, &for_thread);
+            conn::answer_busy(stream, tls.as_ref(), for_thread.config.head_timeout);
         });
         if let Err(e) = spawned {
-            shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
+            server.busy_answerers.fetch_sub(1, Ordering::SeqCst);
             REFUSALS.log(Level::Error, "no thread", || {
                 format!(
                     "cannot start a thread to answer 503 to {}: {e}; closed the connection",
@@ -383,7 +446,7 @@ fn answer_busy(
             )
         });
     } else {
-        shared.busy_answerers.fetch_sub(1, Ordering::SeqCst);
+        server.busy_answerers.fetch_sub(1, Ordering::SeqCst);
         REFUSALS.log(Level::Warn, "busy, unanswered", || {
             format!(
                 "closed a connection from {} without an answer: all max_connections ({max}) \

@@ -18,6 +18,10 @@
 //! ignored. A final name only ever appears through `link`, after the temp
 //! was fsynced, so it is never partial. At start, `.upload-*` temps left by
 //! a crash are removed; nothing else is.
+//!
+//! This module owns the files and their order of operations; it does not
+//! know HTTP (which answer a [`StoreError`] or [`Outcome`] earns is
+//! `answer`'s business, apart from [`StoreError::status`]).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -28,39 +32,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::fault;
 use crate::fsutil::{self, sync_dir};
 use crate::hashing::{self, HashingWriter};
+use crate::protocol::Status;
 
 const TEMP_PREFIX: &str = ".upload-";
 
+/// A store operation that failed: what we were doing, on which path, and
+/// the system's error.
 #[derive(Debug)]
 pub enum StoreError {
-    /// 507: the disk or a quota is full.
-    NoSpace(io::Error),
-    /// 500: anything else, with what we were doing.
+    /// 507: the disk or a quota is full (ENOSPC, EDQUOT, EFBIG).
+    NoSpace(&'static str, PathBuf, io::Error),
+    /// 500: anything else.
     Io(&'static str, PathBuf, io::Error),
     /// 500: the host directory is a symlink (someone else's doing).
     HostDirIsLink(PathBuf),
 }
 
 impl StoreError {
-    pub fn status(&self) -> u16 {
+    /// What the client is told: 507 for a full store (the shipper stops
+    /// its pass and retries later), 500 for the rest.
+    pub fn status(&self) -> Status {
         match self {
-            StoreError::NoSpace(_) => 507,
-            _ => 500,
-        }
-    }
-
-    /// A failed write of body bytes into the temp file.
-    pub fn from_write(e: io::Error) -> StoreError {
-        if fsutil::is_no_space(&e) {
-            StoreError::NoSpace(e)
-        } else {
-            StoreError::Io("writing", PathBuf::from("upload temp file"), e)
+            StoreError::NoSpace(..) => Status::NoSpace,
+            _ => Status::Error,
         }
     }
 
     fn io(what: &'static str, path: &Path, e: io::Error) -> StoreError {
         if fsutil::is_no_space(&e) {
-            StoreError::NoSpace(e)
+            StoreError::NoSpace(what, path.to_owned(), e)
         } else {
             StoreError::Io(what, path.to_owned(), e)
         }
@@ -70,12 +70,16 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::NoSpace(e) => write!(f, "store is out of space: {e}"),
+            StoreError::NoSpace(what, p, e) => write!(
+                f,
+                "store is out of space: {what} {}: {e}; free space in store_dir",
+                p.display()
+            ),
             StoreError::Io(what, p, e) => write!(f, "{what} {}: {e}", p.display()),
             StoreError::HostDirIsLink(p) => {
                 write!(
                     f,
-                    "{} is a symlink; refusing to store through it",
+                    "{} is a symlink; refusing to store through it (remove the link)",
                     p.display()
                 )
             }
@@ -83,7 +87,14 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::NoSpace(_, _, e) | StoreError::Io(_, _, e) => Some(e),
+            StoreError::HostDirIsLink(_) => None,
+        }
+    }
+}
 
 /// What the store holds under an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +195,7 @@ impl Store {
 
     /// Starts an upload: a fresh temp file in the host's directory (same
     /// file system as the final name, so `link` can publish it).
-    pub fn begin(&self, host: &str, episode: &str) -> Result<Upload<'_>, StoreError> {
+    pub fn begin(&self, host: &str, episode: &str) -> Result<Pending<'_>, StoreError> {
         let dir = self.root.join(host);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_symlink() => return Err(StoreError::HostDirIsLink(dir)),
@@ -206,7 +217,7 @@ impl Store {
             .create_new(true)
             .open(&temp)
             .map_err(|e| StoreError::io("creating", &temp, e))?;
-        Ok(Upload {
+        Ok(Pending {
             writer: Some(HashingWriter::new(file)),
             final_path: self.final_path(host, episode),
             dir,
@@ -229,10 +240,11 @@ fn write_sidecar(path: &Path, digest: &[u8; 32], final_path: &Path) -> io::Resul
     fsutil::write_atomically(&tmp, path, hashing::sidecar_line(digest, &name).as_bytes())
 }
 
-/// An upload in progress. Dropping it without `commit` removes the temp, so
-/// a failed or abandoned upload leaves nothing behind (a kill -9 leaves the
-/// temp for the next start to remove).
-pub struct Upload<'a> {
+/// An upload in progress: its temp file, hashed as it is written. Dropping
+/// it without `commit` removes the temp, so a failed or abandoned upload
+/// leaves nothing behind (a kill -9 leaves the temp for the next start to
+/// remove).
+pub struct Pending<'a> {
     writer: Option<HashingWriter<File>>,
     temp: PathBuf,
     final_path: PathBuf,
@@ -242,7 +254,7 @@ pub struct Upload<'a> {
     episode: String,
 }
 
-impl Write for Upload<'_> {
+impl Write for Pending<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         fault::io("store.write")?;
         match &mut self.writer {
@@ -256,9 +268,11 @@ impl Write for Upload<'_> {
     }
 }
 
-impl Upload<'_> {
-    pub fn bytes(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.count())
+impl Pending<'_> {
+    /// A failed write of body bytes into the temp file, as a store error
+    /// that names the temp (`Write` can only return an `io::Error`).
+    pub fn write_failed(&self, e: io::Error) -> StoreError {
+        StoreError::io("writing", &self.temp, e)
     }
 
     /// Publishes the body if its digest is `expected` (see the module doc for
@@ -307,7 +321,7 @@ impl Upload<'_> {
     }
 }
 
-impl Drop for Upload<'_> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         // After a successful link the temp is already gone; otherwise it is
         // an abandoned or rejected upload.
@@ -393,6 +407,24 @@ mod tests {
         up.write_all(b"half").unwrap();
         drop(up);
         assert!(listing(&root.join("h")).is_empty());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn write_errors_name_the_temp_and_keep_their_cause() {
+        let root = tempdir("werr");
+        let (store, _) = Store::open(&root).unwrap();
+        let up = store.begin("h", "e").unwrap();
+        let full = up.write_failed(io::Error::from_raw_os_error(28)); // ENOSPC
+        assert_eq!(full.status(), Status::NoSpace);
+        let eio = up.write_failed(io::Error::from_raw_os_error(5));
+        assert_eq!(eio.status(), Status::Error);
+        for e in [&full, &eio] {
+            let text = e.to_string();
+            assert!(text.contains("/h/.upload-e."), "{text}");
+            assert!(std::error::Error::source(e).is_some(), "{text}");
+        }
+        drop(up);
         fs::remove_dir_all(&root).unwrap();
     }
 

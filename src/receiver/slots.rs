@@ -1,4 +1,6 @@
-//! Who gets a connection slot: fairness between clients.
+//! Who gets a connection slot: fairness between clients. This module owns
+//! the list of live connections and the rules over it; it does not read a
+//! byte from any of them (requests are `admit`'s, sockets `conn`'s).
 //!
 //! A thread per connection makes idle connections the cheapest attack, and
 //! `max_connections` alone lets whoever connects most often hold every slot:
@@ -7,7 +9,7 @@
 //! request on it has passed the token (and certificate binding) check;
 //! until then it is *unauthenticated*. The rules, decided by [`decide`] (a
 //! pure function over the list of live connections) and applied by
-//! [`Admission`]:
+//! [`Slots`]:
 //!
 //! 1. **Per source address** (TLS listener only): one address may hold at
 //!    most `max_connections_per_ip` connections; more are closed at once,
@@ -170,14 +172,14 @@ struct Live {
 /// The live connections, shared by the accept loops and the connection
 /// threads. One lock, taken once per accept, once per connection when it
 /// authenticates, and once when it ends.
-pub struct Admission {
+pub struct Slots {
     limits: Limits,
     inner: Mutex<(u64, Vec<Live>)>,
 }
 
-impl Admission {
-    pub fn new(limits: Limits) -> Admission {
-        Admission {
+impl Slots {
+    pub fn new(limits: Limits) -> Slots {
+        Slots {
             limits,
             inner: Mutex::new((0, Vec::new())),
         }
@@ -195,7 +197,7 @@ impl Admission {
 
     /// Decides on a newcomer and, if admitted, registers it (evicting
     /// another if the rules say so). Every admitted id must be given back
-    /// with [`Admission::release`] (see `Ticket`).
+    /// with [`Slots::release`] (see [`Ticket`]).
     pub fn admit(&self, source: Source, sock: &TcpStream) -> Admitted {
         let mut guard = self.lock();
         let (next, list) = &mut *guard;
@@ -244,6 +246,33 @@ impl Admission {
     /// Connections whose threads are still running, evicted ones included.
     pub fn count(&self) -> usize {
         self.lock().1.len()
+    }
+}
+
+/// An admitted connection's slot, given back however its thread ends
+/// (returns, panics or is cut). Created in the connection's own thread, so
+/// that a thread that never starts never holds one: the accept loop gives
+/// such a slot back itself.
+pub struct Ticket<'a> {
+    slots: &'a Slots,
+    id: u64,
+}
+
+impl<'a> Ticket<'a> {
+    /// Takes charge of slot `id`, as returned by [`Slots::admit`].
+    pub fn new(slots: &'a Slots, id: u64) -> Ticket<'a> {
+        Ticket { slots, id }
+    }
+
+    /// A request on this connection passed the token and certificate check.
+    pub fn authenticated(&self) {
+        self.slots.authenticated(self.id);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.slots.release(self.id);
     }
 }
 
