@@ -18,13 +18,14 @@ use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::episodes::make_episode;
+use common::fs::{extract, names, sha256_hex, snapshot, zstd_ok, Mtimes};
+use common::lab::Lab;
 use common::*;
-use sha2::{Digest, Sha256};
 
 const HOST: &str = "lab-01";
 /// Shipped in this order (marker mtime, then name).
@@ -42,15 +43,6 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_file(path: &Path) -> String {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    hex(&Sha256::digest(&bytes))
-}
-
 /// The hex digest a `sha256sum`-format sidecar records.
 fn sidecar_hex(path: &Path) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
@@ -61,101 +53,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-/// File names in a directory, sorted; empty if it does not exist.
-fn names(dir: &Path) -> Vec<String> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<String> = rd
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Every path below `root`: kind, and for files size and sha256; with
-/// `mtimes`, modification times too.
-fn snapshot(root: &Path, mtimes: bool) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, mtimes: bool, out: &mut BTreeMap<String, String>) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
-        for e in rd {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            // A receiver temp may go between listing and stat: skip it.
-            let Ok(m) = fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let when = if mtimes {
-                let t = m.modified().unwrap();
-                format!(
-                    " mtime={}",
-                    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                )
-            } else {
-                String::new()
-            };
-            if m.is_dir() {
-                out.insert(rel, format!("dir{when}"));
-                walk(root, &p, mtimes, out);
-            } else if m.file_type().is_symlink() {
-                let target = fs::read_link(&p).unwrap();
-                out.insert(rel, format!("symlink {}", target.display()));
-            } else if let Ok(bytes) = fs::read(&p) {
-                out.insert(
-                    rel,
-                    format!(
-                        "file len={} sha256={}{when}",
-                        m.len(),
-                        hex(&Sha256::digest(&bytes))
-                    ),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, mtimes, &mut out);
-    out
-}
-
-/// `zstd -t`: the file is one or more complete zstd frames.
-fn zstd_ok(path: &Path) -> bool {
-    Command::new("zstd")
-        .args(["-q", "-t"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run zstd (apt-get install zstd)")
-        .status
-        .success()
-}
-
-/// `zstd -dc TARBALL | tar -x -C INTO`.
-fn extract(tarball: &Path, into: &Path) {
-    fs::create_dir_all(into).unwrap();
-    let mut z = Command::new("zstd")
-        .args(["-q", "-d", "-c"])
-        .arg(tarball)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run zstd");
-    let t = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(into)
-        .stdin(z.stdout.take().unwrap())
-        .output()
-        .expect("run tar");
-    let zs = z.wait().unwrap();
-    assert!(
-        zs.success() && t.status.success(),
-        "extracting {}: zstd {zs:?}, tar {:?}: {}",
-        tarball.display(),
-        t.status,
-        String::from_utf8_lossy(&t.stderr)
-    );
 }
 
 /// Waits (bounded) for a child, which a crash point should have killed.
@@ -173,123 +70,42 @@ fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
     }
 }
 
-/// One scenario: a shipper data_dir with three finished episodes and a
-/// receiver for it.
+/// One scenario: a `Lab` whose shipper has three finished episodes.
 struct World {
-    dir: TempDir,
-    pki: TestPki,
-    ident: Identity,
-    receiver_config: PathBuf,
-    receiver: Option<Receiver>,
-    shipper: ShipperSetup,
-    store: PathBuf,
+    lab: Lab,
     /// Ids retired before the current receiver started: its log has no
     /// PUT line for them.
     retired_earlier: BTreeSet<String>,
 }
 
+impl std::ops::Deref for World {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
 impl World {
     fn new(name: &str, receiver_env: &[(&str, &str)]) -> World {
-        let dir = TempDir::new(name);
-        let pki = TestPki::new(&dir.join("pki"));
-        let ident = pki.client(HOST);
-        let store = dir.join("store");
-        let receiver_config = dir.join("receiver.toml");
-        write_file(
-            &receiver_config,
-            &ReceiverOptions::tls(&pki, &store).render(),
-            0o644,
-        );
-        let receiver = Receiver::start_with_config(&receiver_config, true, false, receiver_env);
-        let shipper = shipper_config(
-            dir.path(),
-            HOST,
-            &receiver.url(),
-            &pki.ca_file,
-            Some(&ident),
-            TOKEN_A,
-            "",
-        );
+        let mut b = Lab::build(name);
+        for (k, v) in receiver_env {
+            b = b.receiver_env(k, v);
+        }
+        let lab = b.start();
         for (i, id) in IDS.iter().enumerate() {
-            make_episode(&shipper.data_dir, id, SIZES[i], 1000 + i as u64, true);
+            make_episode(&lab.cfg.data_dir, id, SIZES[i], 1000 + i as u64, true);
         }
         World {
-            dir,
-            pki,
-            ident,
-            receiver_config,
-            receiver: Some(receiver),
-            shipper,
-            store,
+            lab,
             retired_earlier: BTreeSet::new(),
         }
-    }
-
-    fn receiver(&self) -> &Receiver {
-        self.receiver.as_ref().expect("receiver running")
     }
 
     /// Stops (kill -9) any receiver and starts a new one on the same
     /// store_dir; the shipper is pointed at its new port.
     fn restart_receiver(&mut self, env: &[(&str, &str)]) {
-        self.receiver = None;
         self.retired_earlier = names(&self.data("shipped")).into_iter().collect();
-        let r = Receiver::start_with_config(&self.receiver_config, true, false, env);
-        self.shipper = shipper_config(
-            self.dir.path(),
-            HOST,
-            &r.url(),
-            &self.pki.ca_file,
-            Some(&self.ident),
-            TOKEN_A,
-            "",
-        );
-        self.receiver = Some(r);
-    }
-
-    fn ship(&self, env: &[(&str, &str)]) -> Output {
-        shipper_env(&self.shipper.config, &["--once"], env)
-    }
-
-    fn spawn_ship(&self) -> Child {
-        Command::new(SHIPPER)
-            .arg("--config")
-            .arg(&self.shipper.config)
-            .arg("--once")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cis490-shipper")
-    }
-
-    fn data(&self, sub: &str) -> PathBuf {
-        self.shipper.data_dir.join(sub)
-    }
-
-    fn host_dir(&self) -> PathBuf {
-        self.store.join(HOST)
-    }
-
-    fn final_path(&self, id: &str) -> PathBuf {
-        self.host_dir().join(format!("{id}.tar.zst"))
-    }
-
-    fn temps(&self) -> Vec<String> {
-        names(&self.host_dir())
-            .into_iter()
-            .filter(|n| n.starts_with(".upload-"))
-            .collect()
-    }
-
-    fn put_lines(&self) -> usize {
-        self.receiver()
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(" PUT "))
-            .count()
+        self.lab.restart_receiver(env);
     }
 
     /// I1-I4 after a crash; returns the ids the receiver holds.
@@ -297,7 +113,7 @@ impl World {
         // The log first, the store after: a receiver still finishing an
         // upload logs its 2xx only once the file is final, so whatever the
         // log acknowledges here is in the listing below.
-        let log = self.receiver.as_ref().map(Receiver::log_text);
+        let log = self.lab.receiver.as_ref().map(Receiver::log_text);
         // I1: each id in exactly one of episodes/ and shipped/.
         for id in IDS {
             let e = self.data("episodes").join(id).exists();
@@ -319,7 +135,7 @@ impl World {
                 assert!(zstd_ok(&path), "{case}: I2: torn outbox tarball {name}");
                 if let Some(want) = sidecar_hex(&with_suffix(&path, ".sha256")) {
                     assert_eq!(
-                        sha256_file(&path),
+                        sha256_hex(&path),
                         want,
                         "{case}: I2: {name} does not match its sidecar"
                     );
@@ -335,7 +151,7 @@ impl World {
         }
         // I2/I3 on the receiver: no .partial anywhere, every final complete
         // and correct, nothing but temps, finals and sidecars.
-        let store_snap = snapshot(&self.store, false);
+        let store_snap = snapshot(&self.store(), Mtimes::Ignore);
         for p in store_snap.keys() {
             assert!(!p.ends_with(".partial"), "{case}: I2: store holds {p}");
         }
@@ -348,7 +164,7 @@ impl World {
             if let Some(id) = name.strip_suffix(".tar.zst") {
                 assert!(IDS.contains(&id), "{case}: I3: unexpected final {name}");
                 assert!(zstd_ok(&path), "{case}: I3: torn final {name}");
-                let got = sha256_file(&path);
+                let got = sha256_hex(&path);
                 if let Some(want) = sidecar_hex(&with_suffix(&path, ".sha256")) {
                     assert_eq!(got, want, "{case}: I3: {name} vs receiver sidecar");
                 }
@@ -372,7 +188,7 @@ impl World {
                     "{case}: I4: receipt for {id} but not stored"
                 );
                 assert_eq!(
-                    sha256_file(&self.final_path(id)),
+                    sha256_hex(&self.stored(id)),
                     want,
                     "{case}: I4: receipt of {id} vs the stored bytes"
                 );
@@ -425,17 +241,17 @@ impl World {
             );
         }
         for id in IDS {
-            let stored = self.final_path(id);
+            let stored = self.stored(id);
             assert!(zstd_ok(&stored), "{case}: {id}: zstd -t failed");
             if let Some(want) = sidecar_hex(&with_suffix(&stored, ".sha256")) {
-                assert_eq!(sha256_file(&stored), want, "{case}: {id}: receiver sidecar");
+                assert_eq!(sha256_hex(&stored), want, "{case}: {id}: receiver sidecar");
             }
             let x = self.dir.join(&format!("extract-{id}"));
             let _ = fs::remove_dir_all(&x);
             extract(&stored, &x);
             assert_eq!(names(&x), [id], "{case}: {id}: archive top level");
-            let got = snapshot(&x.join(id), false);
-            let src = snapshot(&self.data("shipped").join(id), false);
+            let got = snapshot(&x.join(id), Mtimes::Ignore);
+            let src = snapshot(&self.data("shipped").join(id), Mtimes::Ignore);
             assert!(
                 got.len() >= 4 && got == src,
                 "{case}: {id}: stored tarball differs from shipped/{id}:\n{got:#?}\nvs\n{src:#?}"
@@ -453,10 +269,10 @@ impl World {
             self.receiver()
                 .wait_log(&format!("PUT /v1/episodes/{HOST}/{id} 20"));
         }
-        let puts = self.put_lines();
-        let data = snapshot(&self.shipper.data_dir, true);
-        let store = snapshot(&self.store, true);
-        let out = self.ship(&[]);
+        let puts = self.logged(" PUT ");
+        let data = snapshot(&self.cfg.data_dir, Mtimes::Exact);
+        let store = snapshot(&self.store(), Mtimes::Exact);
+        let out = self.once();
         assert_exit(&out, 0);
         assert!(
             stderr(&out).contains("pass done: 0 ready, 0 stored, 0 already present"),
@@ -464,16 +280,16 @@ impl World {
             describe(&out)
         );
         assert_eq!(
-            snapshot(&self.shipper.data_dir, true),
+            snapshot(&self.cfg.data_dir, Mtimes::Exact),
             data,
             "{case}: third pass changed data_dir"
         );
         assert_eq!(
-            snapshot(&self.store, true),
+            snapshot(&self.store(), Mtimes::Exact),
             store,
             "{case}: third pass changed the store"
         );
-        assert_eq!(self.put_lines(), puts, "{case}: third pass sent a PUT");
+        assert_eq!(self.logged(" PUT "), puts, "{case}: third pass sent a PUT");
     }
 }
 
@@ -540,7 +356,7 @@ fn shipper_crash(point: &str, nth: u32) {
         format!("{point}@{nth}")
     };
     let w = World::new(&case_name("crash", &spec), &[]);
-    let out = w.ship(&[("CIS490_CRASH_AT", &spec)]);
+    let out = w.once_env(&[("CIS490_CRASH_AT", &spec)]);
     assert!(
         stderr(&out).contains(&format!("CRASHPOINT {point}\n")),
         "{spec}: crash point never reached (binaries built without --features fault-injection?)\n{}",
@@ -559,7 +375,7 @@ fn shipper_crash(point: &str, nth: u32) {
         .filter(|id| w.data("episodes").join(id).exists())
         .collect();
 
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     // C4: what the receiver already held is confirmed with 200, not resent.
     for id in &pending {
@@ -624,9 +440,9 @@ fn receiver_crash(point: &str, nth: usize) {
         &case_name("recv-crash", &spec),
         &[("CIS490_CRASH_AT", &spec)],
     );
-    let out = w.ship(&[]);
+    let out = w.once();
     let status = {
-        let r = w.receiver.as_mut().unwrap();
+        let r = w.lab.receiver.as_mut().unwrap();
         if out.status.code() == Some(0) && r.child.try_wait().unwrap().is_none() {
             panic!(
                 "{spec}: crash point never reached (binaries built without --features fault-injection?)\n{}",
@@ -697,7 +513,7 @@ fn receiver_crash(point: &str, nth: usize) {
         w.temps()
     );
 
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     for id in &pending {
         if held.contains(*id) {
@@ -743,7 +559,7 @@ fn receiver_crash_points_converge() {
 fn receiver_enospc() {
     let case = "store.write:ENOSPC";
     let mut w = World::new("fault-enospc", &[("CIS490_FAULT_AT", case)]);
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 75);
     assert!(
         stderr(&out).contains("receiver answered 507"),
@@ -767,7 +583,7 @@ fn receiver_enospc() {
     assert!(names(&w.data("shipped")).is_empty());
 
     w.restart_receiver(&[]);
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     for id in IDS {
         w.receiver()
@@ -787,7 +603,7 @@ fn receiver_enospc() {
 fn receiver_fsync_eio() {
     let case = "receiver sync_file:EIO";
     let mut w = World::new("fault-recv-eio", &[("CIS490_FAULT_AT", "sync_file:EIO")]);
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 75);
     for id in IDS {
         w.receiver()
@@ -805,7 +621,7 @@ fn receiver_fsync_eio() {
     );
     w.check_invariants(case);
     w.restart_receiver(&[]);
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     w.check_converged(case);
 }
@@ -815,8 +631,8 @@ fn receiver_fsync_eio() {
 fn shipper_fsync_eio() {
     let case = "shipper sync_file:EIO";
     let w = World::new("fault-ship-eio", &[]);
-    let before = snapshot(&w.data("episodes"), true);
-    let out = w.ship(&[("CIS490_FAULT_AT", "sync_file:EIO")]);
+    let before = snapshot(&w.data("episodes"), Mtimes::Exact);
+    let out = w.once_env(&[("CIS490_FAULT_AT", "sync_file:EIO")]);
     assert_exit(&out, 75);
     assert!(
         stderr(&out).contains(&format!("{}: syncing", IDS[0]))
@@ -834,16 +650,16 @@ fn shipper_fsync_eio() {
         .iter()
         .filter(|(k, _)| k.starts_with(IDS[0]))
         .collect();
-    let now = snapshot(&w.data("episodes"), true);
+    let now = snapshot(&w.data("episodes"), Mtimes::Exact);
     let first_now: BTreeMap<_, _> = now.iter().filter(|(k, _)| k.starts_with(IDS[0])).collect();
     assert_eq!(first_now, first, "{case}: {} changed", IDS[0]);
     assert!(
-        !w.final_path(IDS[0]).exists(),
+        !w.stored(IDS[0]).exists(),
         "{case}: an unsynced tarball was uploaded"
     );
     w.check_invariants(case);
 
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     w.check_converged(case);
     w.check_noop_rerun(case);
@@ -872,15 +688,15 @@ fn concurrent_passes_take_turns() {
     // A stopped receiver: the first pass blocks in its TLS handshake (up to
     // io_timeout_s = 10) holding the lock, once its first tarball is packed.
     unsafe_kill(recv_pid, "STOP");
-    let first = w.spawn_ship();
+    let first = w.spawn_once();
     wait_until("the first pass to pack", Duration::from_secs(8), || {
         first_tarball.exists()
     });
-    let before = snapshot(&w.shipper.data_dir, true);
+    let before = snapshot(&w.cfg.data_dir, Mtimes::Exact);
     let started = Instant::now();
-    let second = w.ship(&[]);
+    let second = w.once();
     let took = started.elapsed();
-    let after = snapshot(&w.shipper.data_dir, true);
+    let after = snapshot(&w.cfg.data_dir, Mtimes::Exact);
     unsafe_kill(recv_pid, "CONT");
     assert_exit(&second, 0);
     assert!(
@@ -896,10 +712,10 @@ fn concurrent_passes_take_turns() {
 
     // The holder killed -9: its flock dies with it.
     let id = "ep-0004";
-    make_episode(&w.shipper.data_dir, id, 300 * 1024, 7, true);
+    make_episode(&w.cfg.data_dir, id, 300 * 1024, 7, true);
     let tarball = w.data("outbox").join(format!("{id}.tar.zst"));
     unsafe_kill(recv_pid, "STOP");
-    let mut holder = w.spawn_ship();
+    let mut holder = w.spawn_once();
     let packed = Instant::now() + Duration::from_secs(8);
     while !tarball.exists() && Instant::now() < packed {
         std::thread::sleep(Duration::from_millis(20));
@@ -909,7 +725,7 @@ fn concurrent_passes_take_turns() {
     unsafe_kill(recv_pid, "CONT");
     assert!(tarball.exists(), "the holder never packed {id}");
     assert_eq!(status.signal(), Some(9), "holder: {status:?}");
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     assert!(
         !stderr(&out).contains("another pass holds"),
@@ -923,7 +739,7 @@ fn concurrent_passes_take_turns() {
     );
     assert!(w.data("shipped").join(id).exists());
     assert!(names(&w.data("outbox")).is_empty());
-    assert!(w.final_path(id).exists());
+    assert!(w.stored(id).exists());
 }
 
 /// C7/C9: a receiver that accepts and drops the connection before the TLS
@@ -974,16 +790,16 @@ fn connection_dropped_during_handshake_is_temporary() {
 fn d1_new_recording_under_a_retired_id_is_quarantined_never_deleted() {
     let id = IDS[0];
     let w = World::new("d1-reuse", &[]);
-    let out = w.ship(&[("CIS490_CRASH_AT", "ship.after_rename")]);
+    let out = w.once_env(&[("CIS490_CRASH_AT", "ship.after_rename")]);
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     assert!(w.data("shipped").join(id).exists());
-    let stored = sha256_file(&w.final_path(id));
+    let stored = sha256_hex(&w.stored(id));
     // The recorder reuses the id: same names and sizes, other bytes.
-    make_episode(&w.shipper.data_dir, id, SIZES[0], 424_242, true);
-    let new_recording = snapshot(&w.data("episodes").join(id), true);
-    let old_recording = snapshot(&w.data("shipped").join(id), true);
+    make_episode(&w.cfg.data_dir, id, SIZES[0], 424_242, true);
+    let new_recording = snapshot(&w.data("episodes").join(id), Mtimes::Exact);
+    let old_recording = snapshot(&w.data("shipped").join(id), Mtimes::Exact);
 
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 65);
     assert!(
         stderr(&out).contains(&format!(
@@ -993,16 +809,15 @@ fn d1_new_recording_under_a_retired_id_is_quarantined_never_deleted() {
         describe(&out)
     );
     assert_eq!(
-        snapshot(&w.data("episodes").join(id), true),
+        snapshot(&w.data("episodes").join(id), Mtimes::Exact),
         new_recording,
         "the new recording was touched"
     );
-    assert_eq!(snapshot(&w.data("shipped").join(id), true), old_recording);
     assert_eq!(
-        sha256_file(&w.final_path(id)),
-        stored,
-        "the stored copy changed"
+        snapshot(&w.data("shipped").join(id), Mtimes::Exact),
+        old_recording
     );
+    assert_eq!(sha256_hex(&w.stored(id)), stored, "the stored copy changed");
     assert!(w.data("outbox").join(format!("{id}.conflict")).exists());
     // The other episodes shipped as usual.
     for other in &IDS[1..] {
@@ -1018,7 +833,7 @@ fn d1_new_recording_under_a_retired_id_is_quarantined_never_deleted() {
 fn d1_files_added_after_a_failed_upload_are_shipped() {
     let id = IDS[0];
     let w = World::new("d1-late", &[]);
-    let out = w.ship(&[("CIS490_CRASH_AT", "up.mid_body")]);
+    let out = w.once_env(&[("CIS490_CRASH_AT", "up.mid_body")]);
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     assert!(w.data("outbox").join(format!("{id}.tar.zst")).exists());
     fs::write(
@@ -1027,7 +842,7 @@ fn d1_files_added_after_a_failed_upload_are_shipped() {
     )
     .unwrap();
 
-    let out = w.ship(&[]);
+    let out = w.once();
     assert_exit(&out, 0);
     assert!(
         stderr(&out).contains(&format!("{id}: changed since")),
@@ -1036,7 +851,7 @@ fn d1_files_added_after_a_failed_upload_are_shipped() {
     );
     w.check_converged("d1-late");
     let x = w.dir.join("extract-late");
-    extract(&w.final_path(id), &x);
+    extract(&w.stored(id), &x);
     assert_eq!(
         fs::read(x.join(id).join("late.json")).unwrap(),
         b"{\"late\": true}"

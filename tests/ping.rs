@@ -6,40 +6,12 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::*;
-
-struct Setup {
-    dir: TempDir,
-    pki: TestPki,
-    receiver: Receiver,
-}
-
-fn setup(name: &str) -> Setup {
-    let dir = TempDir::new(name);
-    let pki = TestPki::new(&dir.join("pki"));
-    let receiver = Receiver::start(dir.path(), &ReceiverOptions::tls(&pki, &dir.join("store")));
-    Setup { dir, pki, receiver }
-}
-
-impl Setup {
-    /// `--ping` as lab-01 with this certificate and token.
-    fn ping_as(&self, ident: Option<&Identity>, token: &str) -> std::process::Output {
-        let cfg = shipper_config(
-            self.dir.path(),
-            "lab-01",
-            &self.receiver.url(),
-            &self.pki.ca_file,
-            ident,
-            token,
-            "",
-        );
-        shipper(&cfg.config, &["--ping"])
-    }
-}
 
 #[test]
 fn ping_succeeds_and_reports_each_stage() {
-    let s = setup("ping-ok");
+    let s = Lab::new("ping-ok");
     let id = s.pki.client("lab-01");
     let out = s.ping_as(Some(&id), TOKEN_A);
     assert_exit(&out, 0);
@@ -61,12 +33,12 @@ fn ping_succeeds_and_reports_each_stage() {
     // Ping writes nothing.
     let stored: Vec<_> = std::fs::read_dir(s.dir.join("store")).unwrap().collect();
     assert!(stored.is_empty());
-    s.receiver.wait_log("host=lab-01 POST /v1/ping 200");
+    s.receiver().wait_log("host=lab-01 POST /v1/ping 200");
 }
 
 #[test]
 fn ping_over_ipv6_loopback() {
-    let s = setup("ping-v6");
+    let s = Lab::new("ping-v6");
     let id = s.pki.client("lab-01");
     // The receiver listens on 127.0.0.1 only; a second one on ::1 if the
     // machine has IPv6 loopback at all.
@@ -95,7 +67,7 @@ fn ping_over_ipv6_loopback() {
 
 #[test]
 fn wrong_token_is_77() {
-    let s = setup("ping-badtoken");
+    let s = Lab::new("ping-badtoken");
     let id = s.pki.client("lab-01");
     let out = s.ping_as(Some(&id), "not-a-known-token");
     assert_exit(&out, 77);
@@ -108,12 +80,12 @@ fn wrong_token_is_77() {
 
 #[test]
 fn token_of_one_host_with_certificate_of_another_is_77() {
-    let s = setup("ping-crossed");
+    let s = Lab::new("ping-crossed");
     let cert_b = s.pki.client("lab-02");
     let out = s.ping_as(Some(&cert_b), TOKEN_A);
     assert_exit(&out, 77);
     assert!(stdout(&out).contains("403"), "{}", describe(&out));
-    s.receiver.wait_log("host=lab-01 POST /v1/ping 403");
+    s.receiver().wait_log("host=lab-01 POST /v1/ping 403");
 }
 
 #[test]
@@ -151,19 +123,19 @@ fn wildcard_client_certificate_never_authorises() {
 
 #[test]
 fn foreign_ca_client_certificate_is_refused_in_the_handshake() {
-    let s = setup("ping-foreign");
+    let s = Lab::new("ping-foreign");
     let foreign = s.pki.foreign_client("lab-01");
     let out = s.ping_as(Some(&foreign), TOKEN_A);
     assert_exit(&out, 69);
     let text = stdout(&out);
     assert!(text.contains("FAILED at tls"), "{text}");
     assert!(text.contains("rejected our client certificate"), "{text}");
-    s.receiver.wait_log("TLS handshake failed");
+    s.receiver().wait_log("TLS handshake failed");
 }
 
 #[test]
 fn missing_client_certificate_is_refused() {
-    let s = setup("ping-nocert");
+    let s = Lab::new("ping-nocert");
     let out = s.ping_as(None, TOKEN_A);
     assert_exit(&out, 69);
     assert!(
@@ -203,14 +175,14 @@ fn server_certificate_for_another_name_is_69_naming_verification() {
 
 #[test]
 fn server_certificate_from_an_untrusted_ca_is_69() {
-    let s = setup("ping-untrusted");
+    let s = Lab::new("ping-untrusted");
     let id = s.pki.client("lab-01");
     // Trust a CA that did not issue the receiver's certificate.
     let other_pki = TestPki::new(&s.dir.join("other-pki"));
     let cfg = shipper_config(
         s.dir.path(),
         "lab-01",
-        &s.receiver.url(),
+        &s.receiver().url(),
         &other_pki.ca_file,
         Some(&id),
         TOKEN_A,
@@ -286,9 +258,9 @@ fn unresolvable_receiver_is_69_at_resolve() {
 
 #[test]
 fn curl_pings_with_the_same_certificate_and_token() {
-    let s = setup("ping-curl");
+    let s = Lab::new("ping-curl");
     let id = s.pki.client("lab-01");
-    let port = s.receiver.https.unwrap().port();
+    let port = s.receiver().https.unwrap().port();
     let out = run(Command::new("curl")
         .args(["-sS", "--fail-with-body", "-X", "POST"])
         .arg("--cacert")
@@ -311,7 +283,7 @@ fn curl_pings_with_the_same_certificate_and_token() {
 
 #[test]
 fn secrets_never_appear_in_output() {
-    let s = setup("ping-secrets");
+    let s = Lab::new("ping-secrets");
     let id = s.pki.client("lab-01");
     let key_pem = std::fs::read_to_string(&id.key).unwrap();
     let key_line = key_pem.lines().nth(1).unwrap().to_owned();
@@ -324,7 +296,7 @@ fn secrets_never_appear_in_output() {
         let cfg = shipper_config(
             s.dir.path(),
             "lab-01",
-            &s.receiver.url(),
+            &s.receiver().url(),
             &s.pki.ca_file,
             ident,
             token,
@@ -339,7 +311,7 @@ fn secrets_never_appear_in_output() {
         let out = shipper(&cfg.config, &["--once"]);
         outputs.push(format!("{}{}", stdout(&out), stderr(&out)));
     }
-    outputs.push(s.receiver.log_text());
+    outputs.push(s.receiver().log_text());
     for text in &outputs {
         for secret in [TOKEN_A, "wrong-token-zzz", "PRIVATE KEY", key_line.as_str()] {
             assert!(!text.contains(secret), "{secret:?} leaked into:\n{text}");

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -296,24 +297,10 @@ fn sources(range: std::ops::RangeInclusive<u8>) -> String {
 #[test]
 fn d3_reconnecting_crowd_from_one_address_leaves_room_for_shipper_passes() {
     use std::io::BufRead;
-    let dir = TempDir::new("dos-d3-one");
-    let pki = TestPki::new(&dir.join("pki"));
-    let opts = ReceiverOptions {
-        extra: "head_timeout_s = 2\nmax_connections = 16\n".into(),
-        ..ReceiverOptions::tls(&pki, &dir.join("store"))
-    };
-    let r = Receiver::start(dir.path(), &opts);
-    let port = r.https.unwrap().port().to_string();
-    let ident = pki.client("lab-01");
-    let ship = shipper_config(
-        dir.path(),
-        "lab-01",
-        &r.url(),
-        &pki.ca_file,
-        Some(&ident),
-        TOKEN_A,
-        "",
-    );
+    let lab = Lab::build("dos-d3-one")
+        .receiver_extra("head_timeout_s = 2\nmax_connections = 16\n")
+        .start();
+    let port = lab.receiver().https.unwrap().port().to_string();
     let passes = 5;
     let mut attack = crowd(&[
         "crowd".into(),
@@ -331,10 +318,10 @@ fn d3_reconnecting_crowd_from_one_address_leaves_room_for_shipper_passes() {
     let mut outcomes = Vec::new();
     for i in 0..passes {
         let id = format!("ep-{i}");
-        common::episodes::make_episode(&ship.data_dir, &id, 50_000, i, true);
-        let o = shipper(&ship.config, &["--once"]);
+        lab.episode(&id, 50_000, i);
+        let o = lab.once();
         outcomes.push(o.status.code());
-        if o.status.code() == Some(0) && dir.join(&format!("store/lab-01/{id}.tar.zst")).exists() {
+        if o.status.code() == Some(0) && lab.stored(&id).exists() {
             shipped += 1;
         }
     }
@@ -347,6 +334,7 @@ fn d3_reconnecting_crowd_from_one_address_leaves_room_for_shipper_passes() {
         "{shipped} of {passes} passes shipped in {took:?} under attack ({}); exits {outcomes:?}",
         line.trim()
     );
+    let r = lab.receiver();
     assert_eq!(shipped, passes, "exits: {outcomes:?}\n{}", r.log_text());
     r.wait_log("that address already holds max_connections_per_ip (8) connections");
 }

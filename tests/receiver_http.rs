@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::fs::{snapshot, Mtimes};
 use common::*;
 use sha2::{Digest, Sha256};
 
@@ -37,12 +38,8 @@ impl Plain {
     }
 }
 
-fn b64(d: &[u8]) -> String {
-    cis490::protocol::base64_encode(d)
-}
-
 fn digest_header(body: &[u8]) -> String {
-    format!("sha-256=:{}:", b64(&Sha256::digest(body)))
+    cis490::protocol::content_digest(&Sha256::digest(body).into())
 }
 
 /// A PUT head that asks the receiver to close after answering, so
@@ -86,21 +83,13 @@ fn status_of(resp: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status in {resp:?}"))
 }
 
-/// Every file under `dir`, with sizes: to prove a refused request changed nothing.
-fn tree(dir: &Path) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(tree(&p));
-            } else {
-                out.push((p.display().to_string(), e.metadata().unwrap().len()));
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every path under `dir`: to prove a refused request changed nothing.
+fn tree(dir: &Path) -> Vec<String> {
+    snapshot(dir, Mtimes::Exact)
+        .into_iter()
+        .filter(|(_, kind)| !kind.starts_with("dir"))
+        .map(|(path, what)| format!("{path}: {what}"))
+        .collect()
 }
 
 #[test]
@@ -118,7 +107,10 @@ fn s1_put_stores_then_present_then_conflict() {
     );
     assert_eq!(status_of(&resp), 201, "{resp}");
     assert!(
-        resp.contains(&format!("\"sha256\":\"{}\"", hex(&Sha256::digest(body)))),
+        resp.contains(&format!(
+            "\"sha256\":\"{}\"",
+            cis490::hashing::to_hex(&Sha256::digest(body))
+        )),
         "{resp}"
     );
     let final_path = p.store().join("lab-01/ep1.tar.zst");
@@ -151,10 +143,6 @@ fn s1_put_stores_then_present_then_conflict() {
     assert_eq!(status_of(&resp), 409, "{resp}");
     assert!(resp.contains("\"status\":\"conflict\""), "{resp}");
     assert_eq!(std::fs::read(&final_path).unwrap(), body);
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -377,7 +365,7 @@ fn f7_short_body_then_close_stores_nothing() {
     assert!(!p.store().join("lab-01/e.tar.zst").exists());
     let leftovers: Vec<_> = tree(&p.store())
         .into_iter()
-        .filter(|(n, _)| n.contains(".upload-"))
+        .filter(|n| n.contains(".upload-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // And the same upload, whole, is stored.
@@ -594,9 +582,7 @@ fn l4_stalled_body_is_dropped_and_its_temp_removed() {
         .unwrap();
     s.write_all(&body[..5_000]).unwrap();
     p.r.wait_log("body stalled");
-    assert!(tree(&p.store())
-        .iter()
-        .all(|(n, _)| !n.contains(".upload-")));
+    assert!(tree(&p.store()).iter().all(|n| !n.contains(".upload-")));
     assert!(!p.store().join("lab-01/e.tar.zst").exists());
 }
 

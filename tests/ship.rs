@@ -4,62 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use common::episodes::make_episode;
-use common::lab::{names, Lab};
+use common::fs::{extract, names, sha256_hex, snapshot, Mtimes};
+use common::lab::Lab;
 use common::*;
-use sha2::{Digest, Sha256};
-
-/// Path -> (kind, mode, mtime, contents or link target) for a whole tree.
-fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, i64, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (char, u32, i64, Vec<u8>)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let mode = m.permissions().mode() & 0o7777;
-            if m.file_type().is_symlink() {
-                let target = std::fs::read_link(&p).unwrap();
-                out.insert(
-                    rel,
-                    ('l', 0, 0, target.as_os_str().as_encoded_bytes().to_vec()),
-                );
-            } else if m.is_dir() {
-                out.insert(rel, ('d', mode, m.mtime(), Vec::new()));
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, ('f', mode, m.mtime(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
-}
-
-/// Extracts a stored tarball with the zstd CLI and GNU tar.
-fn extract(tarball: &Path, into: &Path) {
-    std::fs::create_dir_all(into).unwrap();
-    let t = run(Command::new("zstd").arg("-t").arg(tarball));
-    assert!(t.status.success(), "zstd -t: {}", describe(&t));
-    let out = run(Command::new("sh").arg("-c").arg(format!(
-        "zstd -dc '{}' | tar -xpf - -C '{}'",
-        tarball.display(),
-        into.display()
-    )));
-    assert!(out.status.success(), "extract: {}", describe(&out));
-}
-
-fn sha256_hex(p: &Path) -> String {
-    Sha256::digest(std::fs::read(p).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[test]
 fn ships_several_episodes_and_round_trips_them() {
@@ -76,7 +28,7 @@ fn ships_several_episodes_and_round_trips_them() {
     make_episode(&lab.cfg.data_dir, "ep-unfinished", 10_000, 9, false);
     let sources: Vec<_> = ids
         .iter()
-        .map(|id| snapshot(&lab.data(&format!("episodes/{id}"))))
+        .map(|id| snapshot(&lab.data(&format!("episodes/{id}")), Mtimes::Seconds))
         .collect();
     let out = lab.once();
     assert_exit(&out, 0);
@@ -98,13 +50,13 @@ fn ships_several_episodes_and_round_trips_them() {
         let x = lab.dir.join(&format!("extract-{id}"));
         extract(&stored, &x);
         assert_eq!(names(&x), [id.to_string()], "every entry is under <id>/");
-        let got = snapshot(&x.join(id));
+        let got = snapshot(&x.join(id), Mtimes::Seconds);
         assert_eq!(
             &got, source,
             "{id}: extracted tree differs (contents, modes, mtimes, links)"
         );
         assert_eq!(
-            got["outside"].3, b"../../../etc/passwd",
+            got["outside"], "symlink -> ../../../etc/passwd",
             "symlink stored as a link"
         );
         // The sidecar the receiver keeps is sha256sum-compatible.
@@ -401,7 +353,9 @@ fn wrong_token_stops_the_pass_with_77() {
 
 #[test]
 fn rejected_upload_keeps_everything_and_exits_65() {
-    let lab = Lab::with("ship-413", "max_body_bytes = 1000\n", "");
+    let lab = Lab::build("ship-413")
+        .receiver_extra("max_body_bytes = 1000\n")
+        .start();
     lab.episode("ep-1", 100_000, 1);
     let out = lab.once();
     assert_exit(&out, 65);
@@ -442,7 +396,7 @@ fn curl_as_a_third_party_client() {
     let id = lab.pki.client("lab-01");
     let curl = |file: &Path| {
         let digest =
-            cis490::protocol::content_digest(&Sha256::digest(std::fs::read(file).unwrap()).into());
+            cis490::protocol::content_digest(&cis490::hashing::sha256_file(file).unwrap().0);
         run(Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
             .arg("--cacert")

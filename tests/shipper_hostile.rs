@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::episodes::make_episode;
-use common::lab::{names, Lab};
+use common::fs::names;
+use common::lab::Lab;
 use common::*;
 
 fn is_root() -> bool {

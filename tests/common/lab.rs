@@ -1,62 +1,160 @@
-//! `Lab`: the fixture most end-to-end tests start from.
+//! `Lab`: the one fixture the end-to-end tests start from. A temp dir, a
+//! test PKI, a real `cis490-receiver` over mTLS on 127.0.0.1 (hosts
+//! `lab-01` and `lab-02`), and host `lab-01`'s shipper configuration with
+//! its client certificate and token, pointed at that receiver.
+//!
+//! ```text
+//! let lab = Lab::new("name");                                   // defaults
+//! let lab = Lab::build("name").receiver_extra("…").start();    // or tuned
+//! ```
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 
 use super::episodes::make_episode;
+use super::fs::names;
 use super::*;
 
-/// One lab for a test: a temp dir, a PKI, a real receiver over mTLS on
-/// 127.0.0.1, and host `lab-01`'s shipper configuration pointed at it.
 pub struct Lab {
     pub dir: TempDir,
     pub pki: TestPki,
+    /// lab-01's client certificate.
+    pub ident: Identity,
     pub receiver: Option<Receiver>,
     pub opts: ReceiverOptions,
     pub cfg: ShipperSetup,
+    shipper_extra: String,
 }
 
-impl Lab {
-    pub fn new(name: &str) -> Lab {
-        Lab::with(name, "", "")
+/// How a `Lab` differs from the defaults.
+pub struct LabBuilder {
+    name: String,
+    receiver_extra: String,
+    shipper_extra: String,
+    receiver_env: Vec<(String, String)>,
+}
+
+impl LabBuilder {
+    /// Lines appended to receiver.toml before `[hosts]`.
+    pub fn receiver_extra(mut self, toml: &str) -> LabBuilder {
+        self.receiver_extra = toml.to_owned();
+        self
     }
 
-    pub fn with(name: &str, receiver_extra: &str, shipper_extra: &str) -> Lab {
-        let dir = TempDir::new(name);
+    /// Lines appended to the shipper's config.
+    pub fn shipper_extra(mut self, toml: &str) -> LabBuilder {
+        self.shipper_extra = toml.to_owned();
+        self
+    }
+
+    /// An environment variable for the receiver process (fault injection).
+    pub fn receiver_env(mut self, key: &str, value: &str) -> LabBuilder {
+        self.receiver_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn start(self) -> Lab {
+        let dir = TempDir::new(&self.name);
         let pki = TestPki::new(&dir.join("pki"));
+        let ident = pki.client("lab-01");
         let mut opts = ReceiverOptions::tls(&pki, &dir.join("store"));
-        opts.extra = receiver_extra.to_owned();
-        let receiver = Receiver::start(dir.path(), &opts);
-        let id = pki.client("lab-01");
+        opts.extra = self.receiver_extra;
+        let env: Vec<(&str, &str)> = self
+            .receiver_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let receiver = start_receiver(dir.path(), &opts, &env);
         let cfg = shipper_config(
             dir.path(),
             "lab-01",
             &receiver.url(),
             &pki.ca_file,
-            Some(&id),
+            Some(&ident),
             TOKEN_A,
-            shipper_extra,
+            &self.shipper_extra,
         );
         Lab {
             dir,
             pki,
+            ident,
             receiver: Some(receiver),
             opts,
             cfg,
+            shipper_extra: self.shipper_extra,
+        }
+    }
+}
+
+fn start_receiver(dir: &Path, opts: &ReceiverOptions, env: &[(&str, &str)]) -> Receiver {
+    let config = dir.join("receiver.toml");
+    write_file(&config, &opts.render(), 0o644);
+    Receiver::start_with_config(&config, true, false, env)
+}
+
+impl Lab {
+    pub fn build(name: &str) -> LabBuilder {
+        LabBuilder {
+            name: name.to_owned(),
+            receiver_extra: String::new(),
+            shipper_extra: String::new(),
+            receiver_env: Vec::new(),
         }
     }
 
-    pub fn receiver(&self) -> &Receiver {
-        self.receiver.as_ref().unwrap()
+    pub fn new(name: &str) -> Lab {
+        Lab::build(name).start()
     }
 
+    pub fn receiver(&self) -> &Receiver {
+        self.receiver.as_ref().expect("receiver running")
+    }
+
+    /// Stops (kill -9) the receiver, if any, and starts a new one on the
+    /// same store with `env`; the shipper's config is pointed at its port.
+    pub fn restart_receiver(&mut self, env: &[(&str, &str)]) {
+        self.receiver = None;
+        let r = start_receiver(self.dir.path(), &self.opts, env);
+        self.cfg = shipper_config(
+            self.dir.path(),
+            "lab-01",
+            &r.url(),
+            &self.pki.ca_file,
+            Some(&self.ident),
+            TOKEN_A,
+            &self.shipper_extra,
+        );
+        self.receiver = Some(r);
+    }
+
+    /// A path under the shipper's data_dir.
     pub fn data(&self, p: &str) -> PathBuf {
         self.cfg.data_dir.join(p)
     }
 
-    pub fn stored(&self, id: &str) -> PathBuf {
-        self.dir.join(&format!("store/lab-01/{id}.tar.zst"))
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
     }
 
+    /// The receiver's directory for lab-01.
+    pub fn host_dir(&self) -> PathBuf {
+        self.store().join("lab-01")
+    }
+
+    /// Where the receiver keeps lab-01's episode `id`.
+    pub fn stored(&self, id: &str) -> PathBuf {
+        self.host_dir().join(format!("{id}.tar.zst"))
+    }
+
+    /// The receiver's upload temps for lab-01 (in flight, or a crash's).
+    pub fn temps(&self) -> Vec<String> {
+        names(&self.host_dir())
+            .into_iter()
+            .filter(|n| n.starts_with(".upload-"))
+            .collect()
+    }
+
+    /// A finished episode (with done.marker) in lab-01's episodes/.
     pub fn episode(&self, id: &str, bytes: u64, seed: u64) -> PathBuf {
         make_episode(&self.cfg.data_dir, id, bytes, seed, true)
     }
@@ -70,47 +168,65 @@ impl Lab {
         path
     }
 
-    pub fn once(&self) -> std::process::Output {
-        shipper(&self.cfg.config, &["--once"])
+    /// One `--once` pass to completion.
+    pub fn once(&self) -> Output {
+        self.once_env(&[])
+    }
+
+    pub fn once_env(&self, env: &[(&str, &str)]) -> Output {
+        shipper_env(&self.cfg.config, &["--once"], env)
+    }
+
+    /// A `--once` pass left running, its output piped.
+    pub fn spawn_once(&self) -> Child {
+        Command::new(SHIPPER)
+            .arg("--config")
+            .arg(&self.cfg.config)
+            .arg("--once")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cis490-shipper")
+    }
+
+    /// `--ping` as lab-01 with this certificate (or none) and token: the
+    /// shipper's config is rewritten for it.
+    pub fn ping_as(&self, ident: Option<&Identity>, token: &str) -> Output {
+        let cfg = shipper_config(
+            self.dir.path(),
+            "lab-01",
+            &self.receiver().url(),
+            &self.pki.ca_file,
+            ident,
+            token,
+            "",
+        );
+        shipper(&cfg.config, &["--ping"])
+    }
+
+    /// Lines of the receiver's log that contain `needle`.
+    pub fn logged(&self, needle: &str) -> usize {
+        self.receiver()
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// PUTs the receiver has logged so far. A ping goes first, and its
     /// line is awaited: the receiver logs before answering and its log is
     /// one ordered pipe, so every earlier request's line is in by then.
     pub fn puts_logged(&self) -> usize {
-        let r = self.receiver();
-        let pings = || {
-            r.log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains("POST /v1/ping 200"))
-                .count()
-        };
-        let before = pings();
+        let before = self.logged("POST /v1/ping 200");
         assert_exit(&shipper(&self.cfg.config, &["--ping"]), 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while pings() == before {
+        while self.logged("POST /v1/ping 200") == before {
             assert!(std::time::Instant::now() < deadline, "ping never logged");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        r.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(" PUT /v1/episodes/"))
-            .count()
+        self.logged(" PUT /v1/episodes/")
     }
-}
-
-/// File names in a directory, sorted; empty if it does not exist.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
