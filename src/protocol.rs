@@ -27,8 +27,10 @@ pub enum Route {
 /// Why a target or method was refused, with the status it earns.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteError {
-    /// 400: malformed path or id (never decoded, never touches the disk).
+    /// 400: malformed path (never decoded, never touches the disk).
     BadPath(&'static str),
+    /// 400: a host or episode id outside `ids::RULE`.
+    BadId,
     /// 404
     NotFound,
     /// 405, with the `Allow` value.
@@ -68,10 +70,7 @@ pub fn route(method: &str, target: &str) -> Result<Route, RouteError> {
         ));
     };
     if !ids::is_valid(host) || !ids::is_valid(episode) {
-        return Err(RouteError::BadPath(
-            "host and episode ids must be 1-128 characters from A-Z a-z 0-9 . _ -, \
-             starting with a letter or digit",
-        ));
+        return Err(RouteError::BadId);
     }
     match method {
         "PUT" => Ok(Route::Episode {
@@ -425,13 +424,16 @@ mod tests {
             "*",
         ] {
             assert!(
-                matches!(route("PUT", t), Err(RouteError::BadPath(_))),
+                matches!(
+                    route("PUT", t),
+                    Err(RouteError::BadPath(_) | RouteError::BadId)
+                ),
                 "{t}: {:?}",
                 route("PUT", t)
             );
         }
         let long = format!("/v1/episodes/a/{}", "x".repeat(129));
-        assert!(matches!(route("PUT", &long), Err(RouteError::BadPath(_))));
+        assert!(matches!(route("PUT", &long), Err(RouteError::BadId)));
         let ok = format!("/v1/episodes/a/{}", "x".repeat(128));
         assert!(route("PUT", &ok).is_ok());
     }

@@ -161,6 +161,10 @@ fn bad(why: &str) -> Answer {
 fn route_refused(e: RouteError) -> Answer {
     match e {
         RouteError::BadPath(why) => bad(why),
+        RouteError::BadId => bad(&format!(
+            "host and episode ids must be {}",
+            crate::ids::RULE
+        )),
         RouteError::NotFound => Answer::new(Status::NotFound).with_message("no such endpoint"),
         RouteError::MethodNotAllowed(allow) => Answer::new(Status::MethodNotAllowed)
             .with_message(format!("use {allow}"))

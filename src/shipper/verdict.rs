@@ -128,7 +128,13 @@ mod tests {
             (507, with("no_space"), Verdict::Stop(Stop::OutOfSpace)),
             (500, with("error"), Verdict::Retry),
             (502, None, Verdict::Retry),
-            (404, None, Verdict::Rejected),
+            (404, with("not_found"), Verdict::Rejected),
+            (405, with("method_not_allowed"), Verdict::Rejected),
+            (414, with("bad_request"), Verdict::Rejected),
+            (417, with("bad_request"), Verdict::Rejected),
+            (431, with("bad_request"), Verdict::Rejected),
+            (501, with("bad_request"), Verdict::Retry),
+            (505, with("bad_request"), Verdict::Retry),
             (301, None, Verdict::Rejected),
         ];
         for (code, reply, want) in rows {
