@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod hashing;
 pub mod http;
 pub mod ids;
+pub mod json;
 pub mod log;
 pub mod protocol;
 pub mod receiver;

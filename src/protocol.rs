@@ -177,11 +177,11 @@ pub use reply::Reply;
 // nanoserde's derive expands to code clippy would write with `?`.
 #[allow(clippy::question_mark)]
 mod reply {
-    use nanoserde::{DeJson, SerJson};
+    use nanoserde::SerJson;
 
     /// Every JSON answer the receiver sends. `status` is always present; the
     /// rest depends on the route and outcome.
-    #[derive(SerJson, DeJson, Debug, Default, Clone, PartialEq)]
+    #[derive(SerJson, Debug, Default, Clone, PartialEq)]
     pub struct Reply {
         pub status: String,
         /// The digest stored under the id, lowercase hex (uploads).
@@ -219,8 +219,20 @@ mod reply {
             s
         }
 
+        /// Reads an answer leniently (`crate::json`): the string fields we
+        /// know, whatever else the object holds. `None` only if the body is
+        /// not a JSON object; a missing `status` reads as empty.
         pub fn from_json(body: &[u8]) -> Option<Reply> {
-            Reply::deserialize_json(std::str::from_utf8(body).ok()?.trim()).ok()
+            let mut m = crate::json::string_members(std::str::from_utf8(body).ok()?.trim())?;
+            let mut take = |k: &str| m.remove(k);
+            Some(Reply {
+                status: take("status").unwrap_or_default(),
+                sha256: take("sha256"),
+                message: take("message"),
+                host_id: take("host_id"),
+                version: take("version"),
+                server_time: take("server_time"),
+            })
         }
     }
 }

@@ -297,3 +297,82 @@ fn l9_black_hole_gives_up_at_io_timeout_with_75() {
     assert_eq!(shipped(&c), 0);
     assert!(c.cfg.data_dir.join("episodes/ep-0").exists());
 }
+
+/// An answer with a JSON body, closing the connection.
+fn json_answer(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `--ping` against other implementations of the protocol: a 200 whose
+/// body does not name the host passes with a warning (it used to fail as
+/// "authenticates as ?", 77); a field of an unexpected type no longer makes
+/// the whole answer unreadable; a host id that differs stays 77.
+#[test]
+fn ping_reads_other_receivers_answers_leniently() {
+    let d = TempDir::new("fault-ping-lenient");
+    let pki = TestPki::new(d.path());
+    let bodies = [
+        r#"{"status":"ok"}"#,
+        r#"{"status":"ok","host_id":"lab-01","server_time":1764356400,"extra":{"a":[1]}}"#,
+        r#"{"status":"ok","host_id":"lab-02","version":2}"#,
+    ];
+    let f = fake(&pki, move |i, s| {
+        if read_request(s, Vec::new()).is_some() {
+            let _ = s.write_all(&json_answer("200 OK", bodies[i.min(2)]));
+            let _ = s.flush();
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    let c = case("fault-ping-lenient-a", &d, &pki, f.port, 0);
+    let out = shipper(&c.cfg.config, &["--ping"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("receiver did not say which host it authenticated"),
+        "{}",
+        describe(&out)
+    );
+    let out = shipper(&c.cfg.config, &["--ping"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("authenticated as lab-01"),
+        "{}",
+        describe(&out)
+    );
+    let out = shipper(&c.cfg.config, &["--ping"]);
+    assert_exit(&out, 77);
+    assert!(
+        stdout(&out).contains("the token authenticates as lab-02"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// The same leniency for upload answers: a 409 whose body carries a field
+/// of another type still yields the receiver's digest for the conflict note.
+#[test]
+fn upload_answers_are_read_leniently() {
+    let d = TempDir::new("fault-upload-lenient");
+    let pki = TestPki::new(d.path());
+    let theirs = "ab".repeat(32);
+    let body =
+        format!(r#"{{"status":"conflict","sha256":"{theirs}","stored_at":1764356400,"size":12}}"#);
+    let f = fake(&pki, move |_, s| {
+        if read_request(s, Vec::new()).is_some() {
+            let _ = s.write_all(&json_answer("409 Conflict", &body));
+            let _ = s.flush();
+        }
+    });
+    let c = case("fault-upload-lenient-a", &d, &pki, f.port, 1);
+    let out = shipper(&c.cfg.config, &["--once"]);
+    assert_exit(&out, 65);
+    let note = std::fs::read_to_string(c.cfg.data_dir.join("outbox/ep-0.conflict")).unwrap();
+    assert!(
+        note.contains(&format!("receiver_sha256: {}", "ab".repeat(32))),
+        "{note}"
+    );
+}

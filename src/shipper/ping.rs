@@ -86,20 +86,33 @@ pub fn run(cfg: &ShipperConfig, ep: &Endpoint, out: &mut dyn Write) -> u8 {
             let r = resp.reply.unwrap_or_default();
             let _ = writeln!(
                 out,
-                "auth      authenticated as {} (receiver {}, server time {}) ({})",
-                r.host_id.as_deref().unwrap_or("?"),
+                "auth      {} (receiver {}, server time {}) ({})",
+                r.host_id
+                    .as_deref()
+                    .map_or("accepted".to_owned(), |h| format!("authenticated as {h}")),
                 r.version.as_deref().unwrap_or("?"),
                 r.server_time.as_deref().unwrap_or("?"),
                 ms(t)
             );
-            if r.host_id.as_deref() != Some(cfg.host_id.as_str()) {
-                let _ = writeln!(
-                    out,
-                    "FAILED at auth: the token authenticates as {}, but host_id is {}\n  what to check: token_file belongs to another host, or host_id is wrong",
-                    r.host_id.as_deref().unwrap_or("?"),
-                    cfg.host_id
-                );
-                return exit::NOPERM;
+            match r.host_id.as_deref() {
+                // Another implementation of the protocol may not say; the
+                // credentials were accepted, which is what ping checks.
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "warning   receiver did not say which host it authenticated; cannot check that token_file belongs to {}",
+                        cfg.host_id
+                    );
+                }
+                Some(h) if h != cfg.host_id => {
+                    let _ = writeln!(
+                        out,
+                        "FAILED at auth: the token authenticates as {h}, but host_id is {}\n  what to check: token_file belongs to another host, or host_id is wrong",
+                        cfg.host_id
+                    );
+                    return exit::NOPERM;
+                }
+                Some(_) => {}
             }
             let _ = writeln!(
                 out,
