@@ -127,6 +127,19 @@ impl Doc {
         }
     }
 
+    /// A whole number in `min..=max`, or `None` when the key is absent.
+    fn optional_integer(
+        &mut self,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        if !self.map.contains_key(key) {
+            return Ok(None);
+        }
+        self.integer(key, min, min, max).map(Some)
+    }
+
     fn seconds(&mut self, key: &str, default: u64) -> Result<Duration, ConfigError> {
         Ok(Duration::from_secs(self.integer(key, default, 1, 86_400)?))
     }
@@ -261,11 +274,30 @@ pub struct ShipperConfig {
     pub connect_timeout: Duration,
     /// Per read or write on an established connection. Defaults to 60 s.
     pub io_timeout: Duration,
+    /// What to delete from `shipped/`, and when. Defaults to nothing, ever.
+    pub retention: Retention,
+    /// Exit 69 (a failed unit, an alert) when finished work has waited this
+    /// long without one verdict from the receiver. Defaults to 24 h.
+    pub alert_after: Duration,
+    /// Prometheus text file written after each pass. Defaults to none.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// Retention of `shipped/` (`keep_shipped_days`, `min_free_percent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete shipped episodes this many days after they were shipped (0:
+    /// right after the receiver confirmed them). `None`: keep them forever.
+    pub keep_days: Option<u64>,
+    /// Delete the oldest shipped episodes while the data_dir's file system
+    /// has less than this percentage free. `None`: no such rule.
+    pub min_free_percent: Option<u64>,
 }
 
 const SHIPPER_KEYS: &str =
     "host_id, data_dir, receiver, ca_file, cert_file, key_file, token_file, \
-     compression_level, compression_threads, connect_timeout_s, io_timeout_s";
+     compression_level, compression_threads, connect_timeout_s, io_timeout_s, \
+     keep_shipped_days, min_free_percent, alert_after_hours, metrics_file";
 
 impl ShipperConfig {
     pub fn load(path: &Path) -> Result<ShipperConfig, ConfigError> {
@@ -301,6 +333,13 @@ impl ShipperConfig {
         let compression_threads = doc.integer("compression_threads", 0, 0, 64)? as u32;
         let connect_timeout = doc.seconds("connect_timeout_s", 10)?;
         let io_timeout = doc.seconds("io_timeout_s", 60)?;
+        let retention = Retention {
+            keep_days: doc.optional_integer("keep_shipped_days", 0, 36_500)?,
+            min_free_percent: doc.optional_integer("min_free_percent", 1, 99)?,
+        };
+        let alert_after =
+            Duration::from_secs(3600 * doc.integer("alert_after_hours", 24, 1, 8760)?);
+        let metrics_file = doc.path("metrics_file")?;
         doc.finish(SHIPPER_KEYS)?;
         Ok(ShipperConfig {
             path: path.to_owned(),
@@ -315,6 +354,9 @@ impl ShipperConfig {
             compression_threads,
             connect_timeout,
             io_timeout,
+            retention,
+            alert_after,
+            metrics_file,
         })
     }
 }

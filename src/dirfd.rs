@@ -11,6 +11,9 @@
 //! no symlink is followed at any depth, and no path is ever longer than one
 //! name (so trees deeper than `PATH_MAX` work too).
 //!
+//! Also `space`: `statvfs(2)` (retention and the receiver's metrics need the
+//! free space of a file system).
+//!
 //! std has no `openat` yet, so this is the crate's third audited `unsafe`
 //! module (with `signal` and the test-only `fault`): a handful of libc calls,
 //! each on a descriptor this module owns and a NUL-terminated name it built.
@@ -272,6 +275,46 @@ impl Dir {
     }
 }
 
+/// Size and free space of the file system holding a path, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    /// Free to an unprivileged user (`f_bavail`): what a recorder running
+    /// as its own user can still write.
+    pub available: u64,
+}
+
+impl Space {
+    /// Percentage available, 0-100.
+    pub fn free_percent(&self) -> f64 {
+        if self.total == 0 {
+            return 100.0;
+        }
+        self.available as f64 * 100.0 / self.total as f64
+    }
+}
+
+/// `statvfs(2)` of `path` (std has none).
+pub fn space(path: &Path) -> io::Result<Space> {
+    let c = cstring(path.as_os_str())?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a statvfs buffer of the right size.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between targets (u32 on 32-bit ARM): a cast
+    // that is a no-op here is needed there.
+    #[allow(clippy::unnecessary_cast)]
+    let (frsize, blocks, bavail) = (st.f_frsize as u64, st.f_blocks as u64, st.f_bavail as u64);
+    Ok(Space {
+        total: blocks * frsize,
+        available: bavail * frsize,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +351,14 @@ mod tests {
         names.sort();
         assert_eq!(names, ["flink", "link", "real"]);
         std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn space_of_a_real_file_system() {
+        let s = space(Path::new("/")).unwrap();
+        assert!(s.total > 0 && s.available <= s.total, "{s:?}");
+        assert!((0.0..=100.0).contains(&s.free_percent()));
+        assert!(space(Path::new("/no/such/dir")).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const POINTS: &[&str] = &[
     "ship.after_rename",
     "ship.after_dirfsync",
     "clean.after_unlink",
+    "retain.after_trash",
     "recv.after_head",
     "recv.mid_body",
     "recv.after_tmp_fsync",

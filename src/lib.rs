@@ -24,6 +24,7 @@ pub mod http;
 pub mod ids;
 pub mod json;
 pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod receiver;
 pub mod shipper;

@@ -5,26 +5,37 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use crate::config::{ShipperConfig, SHIPPER_DEFAULT_PATH};
-use crate::shipper::{endpoint, ping, queue};
+use crate::shipper::{check, dryrun, endpoint, ping, queue, status};
 use crate::{error, exit};
 
 const HELP: &str = "\
 cis490-shipper: ship finished robot-lab episodes to the central receiver
 
 USAGE:
-    cis490-shipper [--config PATH] --once
+    cis490-shipper [--config PATH] --once [--dry-run]
     cis490-shipper [--config PATH] --ping
+    cis490-shipper [--config PATH] --status [--json]
+    cis490-shipper [--config PATH] --check-config
 
 MODES:
     --once          one pass: pack every finished episode (a directory in
                     <data_dir>/episodes/ holding done.marker) into
                     <data_dir>/outbox/<id>.tar.zst, upload it, and move it to
-                    <data_dir>/shipped/. Safe to interrupt at any moment; the
-                    next pass finishes the work. A systemd timer runs this.
+                    <data_dir>/shipped/; then apply retention. Safe to
+                    interrupt at any moment; the next pass finishes the work.
+                    A systemd timer runs this.
+    --dry-run       with --once: print what the pass would pack, upload,
+                    retire and delete; write nothing, connect to nothing
     --ping          check DNS, TCP, TLS and authentication against the
                     receiver, one line per stage; ships nothing.
+    --status        where every episode stands and what the last pass did;
+                    read-only, works offline and while a pass runs
+    --json          with --status: one JSON object (docs/operating.md)
+    --check-config  check the configuration and the files it names, offline;
+                    list every problem (exit 78) or none (exit 0)
 
 OPTIONS:
     --config PATH   configuration file [default: /etc/cis490/shipper.toml]
@@ -43,22 +54,34 @@ CONFIGURATION (TOML; unknown keys are errors):
     compression_threads  zstd worker threads; 0 = none [default: 0]
     connect_timeout_s    TCP connect timeout, seconds [default: 10]
     io_timeout_s         per read/write on a connection, seconds [default: 60]
+    keep_shipped_days    delete shipped episodes this many days after they
+                         shipped; 0 = at once [default: keep forever]
+    min_free_percent     delete the oldest shipped episodes while data_dir's
+                         file system has less free [default: no limit]
+    alert_after_hours    exit 69 when finished work waited this long without a
+                         verdict from the receiver [default: 24]
+    metrics_file         Prometheus text file written after each pass
+                         [default: none]
 
 EXIT CODES:
     0   done; nothing left to do (also: another pass was already running)
     64  usage error
     65  an episode needs a human: conflict with the receiver (see
-        <data_dir>/outbox/<id>.conflict), rejected upload, or invalid name
-    69  receiver unreachable (--ping) or TLS failure (certificates)
+        <data_dir>/outbox/<id>.conflict), rejected upload, a retire that
+        cannot heal, a recorder still writing, or an invalid name
+    69  receiver unreachable (--ping), TLS failure (certificates), or finished
+        work waiting longer than alert_after_hours without a verdict
     75  temporary failure (receiver down or busy, disk full); the next pass retries
     77  the receiver refused this host's token or certificate
     78  configuration error
 ";
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Once,
+    Once { dry_run: bool },
     Ping,
+    Status { json: bool },
+    CheckConfig,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,26 +94,42 @@ enum Command {
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
     use lexopt::prelude::*;
     let mut config = PathBuf::from(SHIPPER_DEFAULT_PATH);
-    let mut mode = None;
+    let (mut once, mut ping, mut status, mut check) = (false, false, false, false);
+    let (mut dry_run, mut json) = (false, false);
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        let m = match arg {
+        match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Long("config") => {
-                config = parser.value().map_err(|e| e.to_string())?.into();
-                continue;
-            }
-            Long("once") => Mode::Once,
-            Long("ping") => Mode::Ping,
+            Long("config") => config = parser.value().map_err(|e| e.to_string())?.into(),
+            Long("once") => once = true,
+            Long("ping") => ping = true,
+            Long("status") => status = true,
+            Long("check-config") => check = true,
+            Long("dry-run") => dry_run = true,
+            Long("json") => json = true,
             _ => return Err(arg.unexpected().to_string()),
-        };
-        if mode.is_some_and(|prev| prev != m) {
-            return Err("--once and --ping cannot be combined".into());
         }
-        mode = Some(m);
     }
-    let mode = mode.ok_or("say what to do: --once (ship) or --ping (check the connection)")?;
+    let mode = match (once, ping, status, check) {
+        (true, false, false, false) => Mode::Once { dry_run },
+        (false, true, false, false) => Mode::Ping,
+        (false, false, true, false) => Mode::Status { json },
+        (false, false, false, true) => Mode::CheckConfig,
+        (false, false, false, false) => {
+            return Err(
+                "say what to do: --once (ship), --ping (check the connection), --status or --check-config"
+                    .into(),
+            )
+        }
+        _ => return Err("--once, --ping, --status and --check-config cannot be combined".into()),
+    };
+    if dry_run && !once {
+        return Err("--dry-run goes with --once".into());
+    }
+    if json && !status {
+        return Err("--json goes with --status".into());
+    }
     Ok(Command::Run { mode, config })
 }
 
@@ -115,6 +154,9 @@ fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             return exit::USAGE;
         }
     };
+    if mode == Mode::CheckConfig {
+        return check::shipper(&config, &mut std::io::stderr());
+    }
     let cfg = match ShipperConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -122,6 +164,23 @@ fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             return exit::CONFIG;
         }
     };
+    match mode {
+        Mode::Status { json } => {
+            let now = SystemTime::now();
+            let report = status::gather(&cfg.host_id, &cfg.data_dir, now);
+            let text = if json {
+                report.to_json()
+            } else {
+                report.to_table(now)
+            };
+            print!("{text}");
+            return exit::OK;
+        }
+        Mode::Once { dry_run: true } => {
+            return dryrun::run(&cfg, &mut std::io::stdout());
+        }
+        _ => {}
+    }
     let ep = match endpoint(&cfg) {
         Ok(ep) => ep,
         Err(e) => {
@@ -131,14 +190,17 @@ fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
     };
     match mode {
         Mode::Ping => ping::run(&cfg, &ep, &mut std::io::stdout()),
-        Mode::Once => match queue::run_once(&cfg, &ep) {
-            Ok(None) => exit::OK,
-            Ok(Some(summary)) => summary.exit_code(),
-            Err(e) => {
-                error!("{e}");
-                exit::CONFIG
+        _ => {
+            check::warn_expiring(&cfg);
+            match queue::run_once(&cfg, &ep) {
+                Ok(None) => exit::OK,
+                Ok(Some(summary)) => summary.exit_code(),
+                Err(e) => {
+                    error!("{e}");
+                    exit::CONFIG
+                }
             }
-        },
+        }
     }
 }
 
@@ -155,7 +217,7 @@ mod tests {
         assert_eq!(
             args(&["--once"]),
             Ok(Command::Run {
-                mode: Mode::Once,
+                mode: Mode::Once { dry_run: false },
                 config: PathBuf::from(SHIPPER_DEFAULT_PATH)
             })
         );
@@ -171,6 +233,35 @@ mod tests {
         assert!(args(&["--once", "--ping"]).is_err());
         assert!(args(&["--bogus"]).is_err());
         assert!(args(&["extra"]).is_err());
+        assert_eq!(
+            args(&["--dry-run", "--once"]).map(|c| match c {
+                Command::Run { mode, .. } => mode,
+                _ => Mode::Ping,
+            }),
+            Ok(Mode::Once { dry_run: true })
+        );
+        assert!(matches!(
+            args(&["--status", "--json"]),
+            Ok(Command::Run {
+                mode: Mode::Status { json: true },
+                ..
+            })
+        ));
+        assert!(matches!(
+            args(&["--check-config"]),
+            Ok(Command::Run {
+                mode: Mode::CheckConfig,
+                ..
+            })
+        ));
+        for bad in [
+            &["--dry-run"][..],
+            &["--ping", "--dry-run"],
+            &["--once", "--json"],
+            &["--status", "--check-config"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

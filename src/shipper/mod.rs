@@ -11,15 +11,20 @@
 //!   by descriptor and fingerprints it; `pack` turns it into a tar.zst while
 //!   hashing; `progress` draws a live line on a terminal.
 
+pub mod check;
 pub mod cli;
 pub mod client;
+pub mod dryrun;
 pub mod outbox;
 pub mod pack;
 pub mod ping;
 pub mod prepare;
 pub mod progress;
 pub mod queue;
+pub mod retention;
 pub mod retire;
+pub mod state;
+pub mod status;
 pub mod tidy;
 pub mod tree;
 pub mod verdict;

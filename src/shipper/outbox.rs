@@ -11,6 +11,7 @@
 //! outbox/<id>.conflict          quarantine note for a human (409, duplicate)
 //! outbox/<id>.unstable          passes in a row the episode changed while packed
 //! outbox/*.tmp                  a small file being written
+//! receipts/<id>                 the Record of a retired episode, with its time
 //! ```
 //! This module knows names and formats only; `queue` decides what to do
 //! with them.
@@ -26,6 +27,12 @@ pub struct Dirs {
     pub episodes: PathBuf,
     pub outbox: PathBuf,
     pub shipped: PathBuf,
+    /// A record per retired episode (what was confirmed, and when), for
+    /// retention and `--status`; beside `shipped/`, so that `shipped/`
+    /// holds episodes only.
+    pub receipts: PathBuf,
+    /// Where retention moves a shipped episode before deleting it.
+    pub trash: PathBuf,
 }
 
 impl Dirs {
@@ -34,6 +41,8 @@ impl Dirs {
             episodes: data_dir.join("episodes"),
             outbox: data_dir.join("outbox"),
             shipped: data_dir.join("shipped"),
+            receipts: data_dir.join("receipts"),
+            trash: data_dir.join("trash"),
         }
     }
 
@@ -60,6 +69,9 @@ impl Dirs {
     }
     pub fn unstable(&self, id: &str) -> PathBuf {
         self.outbox.join(format!("{id}{UNSTABLE}"))
+    }
+    pub fn shipped_record(&self, id: &str) -> PathBuf {
+        self.receipts.join(id)
     }
 }
 
@@ -121,6 +133,9 @@ pub fn parse(name: &str) -> Name<'_> {
 pub struct Record {
     pub sha256: [u8; 32],
     pub tree: Option<Fingerprint>,
+    /// In `receipts/` only: when the episode was retired, seconds
+    /// since the epoch.
+    pub shipped: Option<u64>,
 }
 
 impl Record {
@@ -130,17 +145,28 @@ impl Record {
             s.push_str(&t.to_line());
             s.push('\n');
         }
+        if let Some(when) = self.shipped {
+            s.push_str(&format!("shipped {when}\n"));
+        }
         s
     }
 
     pub fn parse(text: &str) -> Option<Record> {
         let mut lines = text.lines();
         let sha256 = from_hex32(lines.next()?.split_whitespace().next()?)?;
-        let tree = match lines.next() {
-            None => None,
-            Some(l) => Some(Fingerprint::from_line(l)?),
-        };
-        lines.next().is_none().then_some(Record { sha256, tree })
+        let (mut tree, mut shipped) = (None, None);
+        for line in lines {
+            match line.split_once(' ') {
+                Some(("tree", _)) if tree.is_none() => tree = Some(Fingerprint::from_line(line)?),
+                Some(("shipped", t)) if shipped.is_none() => shipped = Some(t.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(Record {
+            sha256,
+            tree,
+            shipped,
+        })
     }
 
     /// `None` if missing, unreadable or malformed: the caller then re-hashes
@@ -187,12 +213,22 @@ mod tests {
         let r = Record {
             sha256: [7; 32],
             tree: Some(tree),
+            shipped: None,
         };
         let text = r.to_text("ep");
         assert!(text.starts_with(&format!("{}  ep.tar.zst\n", hashing::to_hex(&[7; 32]))));
         assert_eq!(Record::parse(&text), Some(r.clone()));
-        let legacy = Record { tree: None, ..r };
+        let legacy = Record {
+            tree: None,
+            ..r.clone()
+        };
         assert_eq!(Record::parse(&legacy.to_text("ep")), Some(legacy));
+        let shipped = Record {
+            shipped: Some(1_795_842_000),
+            ..r.clone()
+        };
+        assert!(shipped.to_text("ep").ends_with("shipped 1795842000\n"));
+        assert_eq!(Record::parse(&shipped.to_text("ep")), Some(shipped));
         for bad in [
             "",
             "zz  ep.tar.zst\n",

@@ -160,7 +160,11 @@ pub fn prepare(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, Pre
             info!("{}: no recorded digest; hashing it", path.display());
             let (sha256, size) =
                 hashing::sha256_file(&path).map_err(PrepError::io("hashing", &path))?;
-            let record = Record { sha256, tree: None };
+            let record = Record {
+                sha256,
+                tree: None,
+                shipped: None,
+            };
             write_durably(&sidecar, record.to_text(id).as_bytes())
                 .map_err(PrepError::io("writing", &sidecar))?;
             return Ok(Tarball {
@@ -224,6 +228,7 @@ fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError>
     let record = Record {
         sha256: packed.sha256,
         tree: Some(packed.tree),
+        shipped: None,
     };
     write_durably(&sidecar, record.to_text(id).as_bytes())
         .map_err(|e| cleanup(PrepError::io("writing", &sidecar)(e)))?;

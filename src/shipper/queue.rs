@@ -20,12 +20,16 @@ use crate::config::ShipperConfig;
 use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::hashing::to_hex;
 use crate::protocol;
+use crate::shipper::check;
 use crate::shipper::client::{ClientError, Endpoint, Response, Session};
 use crate::shipper::outbox::{Dirs, Record};
 use crate::shipper::pack::PackOptions;
 use crate::shipper::prepare::{self, write_durably, Tarball};
 use crate::shipper::progress::Progress;
+use crate::shipper::retention;
 use crate::shipper::retire::{self, RetireError};
+use crate::shipper::state::{self, LastPass, State};
+use crate::shipper::status;
 use crate::shipper::tidy::tidy;
 use crate::shipper::verdict::{self, Stop, Verdict};
 use crate::{error, exit, ids, info, timefmt, warn};
@@ -43,8 +47,14 @@ pub struct Summary {
     pub invalid_names: usize,
     pub retry: usize,
     pub compressed_bytes: u64,
+    /// Shipped episodes (and their bytes) retention deleted.
+    pub deleted: u64,
+    pub deleted_bytes: u64,
     /// Set when the pass stopped early; the exit code it calls for.
     pub stopped: Option<u8>,
+    /// Finished work has waited longer than `alert_after_hours` without a
+    /// verdict from the receiver: 75 would hide it (success to systemd).
+    pub escalated: bool,
 }
 
 impl Summary {
@@ -53,6 +63,7 @@ impl Summary {
     pub fn exit_code(&self) -> u8 {
         match self.stopped {
             Some(c) if c != exit::TEMPFAIL => c,
+            _ if self.escalated => exit::UNAVAILABLE,
             _ if self.conflicts + self.rejected + self.invalid_names > 0 => exit::DATAERR,
             _ if self.retry > 0 || self.stopped.is_some() => exit::TEMPFAIL,
             _ => exit::OK,
@@ -153,7 +164,9 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         fs::create_dir_all(d).map_err(io_err("create", d))?;
     }
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let mut pass = Pass {
+        contact: None,
         cfg,
         opts: PackOptions {
             level: cfg.compression_level,
@@ -166,6 +179,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
     if let Err(e) = tidy(&pass.dirs) {
         warn!("tidying {}: {e}", pass.dirs.outbox.display());
     }
+    retention::empty_trash(&pass.dirs);
     let ready = pass
         .scan()
         .map_err(io_err("list", &pass.dirs.episodes.clone()))?;
@@ -178,13 +192,19 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
             break;
         }
     }
+    pass.retain();
+    let before = State::read(&cfg.data_dir);
+    pass.escalate(&ready, &before);
     let Pass {
-        session, summary, ..
+        session,
+        summary,
+        contact,
+        ..
     } = pass;
     session.close();
     let s = &summary;
     info!(
-        "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s",
+        "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s{}",
         if s.stopped.is_some() { " (stopped early)" } else { "" },
         s.ready,
         s.stored,
@@ -194,13 +214,71 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         s.invalid_names,
         s.retry,
         s.compressed_bytes as f64 / 1e6,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if s.deleted > 0 {
+            format!(
+                "; retention deleted {} shipped episode(s), {:.1} MB",
+                s.deleted,
+                s.deleted_bytes as f64 / 1e6
+            )
+        } else {
+            String::new()
+        }
     );
+    record(
+        cfg,
+        before,
+        &summary,
+        started_at,
+        started.elapsed().as_secs_f64(),
+        contact,
+    );
+    if let Some(path) = &cfg.metrics_file {
+        let report = status::gather(&cfg.host_id, &cfg.data_dir, SystemTime::now());
+        if let Err(e) = report.metrics(check::client_cert_expiry(cfg)).write(path) {
+            warn!("cannot write metrics_file {}: {e}", path.display());
+        }
+    }
     drop(lock); // the flock goes with the descriptor (and with the process on kill -9)
     Ok(Some(summary))
 }
 
+/// Writes `state.json` for `--status` (a report: failing to write it is
+/// logged, never a failed pass).
+fn record(
+    cfg: &ShipperConfig,
+    before: State,
+    s: &Summary,
+    started: SystemTime,
+    secs: f64,
+    contact: Option<u64>,
+) {
+    let state = State {
+        first_pass_unix: before.first_pass_unix.or(Some(state::unix(started))),
+        last_pass: Some(LastPass {
+            started: timefmt::rfc3339(started),
+            started_unix: state::unix(started),
+            duration_s: (secs * 1000.0).round() / 1000.0,
+            exit_code: s.exit_code(),
+            ready: s.ready as u64,
+            stored: s.stored as u64,
+            already_present: s.already_present as u64,
+            conflicts: s.conflicts as u64,
+            rejected: s.rejected as u64,
+            invalid_names: s.invalid_names as u64,
+            retry: s.retry as u64,
+            bytes_shipped: s.compressed_bytes,
+        }),
+        last_contact_unix: contact.or(before.last_contact_unix),
+    };
+    if let Err(e) = state.write(&cfg.data_dir) {
+        warn!("cannot write {}: {e}", state::path(&cfg.data_dir).display());
+    }
+}
+
 struct Pass<'a> {
+    /// When the receiver last gave a verdict on an upload in this pass.
+    contact: Option<u64>,
     cfg: &'a ShipperConfig,
     opts: PackOptions,
     session: Session<'a>,
@@ -219,6 +297,60 @@ enum Finished {
 }
 
 impl Pass<'_> {
+    /// Retention, at the end of every pass (also a stopped one: a lab disk
+    /// filling up does not wait for the receiver). Its failures are logged;
+    /// they never fail the pass.
+    fn retain(&mut self) {
+        let r = retention::plan(&self.dirs, &self.cfg.retention, SystemTime::now())
+            .and_then(|plan| retention::apply(&self.dirs, &plan));
+        match r {
+            Ok((n, bytes)) => {
+                self.summary.deleted = n;
+                self.summary.deleted_bytes = bytes;
+            }
+            Err(e) => warn!("retention of {}: {e}", self.dirs.shipped.display()),
+        }
+    }
+
+    /// Exit 75 is success to systemd: a receiver unreachable for days (a
+    /// wrong firewall drop-in, a revoked route) would never alert. When
+    /// finished work still waiting has waited longer than
+    /// `alert_after_hours`, and the receiver has given no verdict for that
+    /// long (counted from the first pass if it never has), the pass fails
+    /// with 69 and says why.
+    fn escalate(&mut self, ready: &[String], before: &State) {
+        if self.contact.is_some() || self.summary.exit_code() != exit::TEMPFAIL {
+            return;
+        }
+        let now = SystemTime::now();
+        let oldest = ready
+            .iter()
+            .filter(|id| !self.dirs.conflict(id).exists())
+            .filter_map(|id| fs::symlink_metadata(self.dirs.episode(id).join(MARKER)).ok())
+            .filter_map(|m| m.modified().ok())
+            .min();
+        let Some(oldest) = oldest else { return };
+        let limit = self.cfg.alert_after;
+        let waited = now.duration_since(oldest).unwrap_or_default();
+        let since = before
+            .last_contact_unix
+            .or(before.first_pass_unix)
+            .map_or(now, state::from_unix);
+        let silent = now.duration_since(since).unwrap_or_default();
+        if waited > limit && silent > limit {
+            error!(
+                "finished work has waited {:.0} h and the receiver has given no verdict for {:.0} h (last: {}):                  more than alert_after_hours = {}; check --ping and the network path (firewall, VPN, IPAddressAllow=)",
+                waited.as_secs_f64() / 3600.0,
+                silent.as_secs_f64() / 3600.0,
+                before
+                    .last_contact_unix
+                    .map_or("never".to_owned(), |t| timefmt::rfc3339(state::from_unix(t))),
+                limit.as_secs() / 3600
+            );
+            self.summary.escalated = true;
+        }
+    }
+
     /// Finished episodes, oldest marker first (then by name, for ties).
     fn scan(&mut self) -> io::Result<Vec<String>> {
         let mut ready = Vec::new();
@@ -287,6 +419,9 @@ impl Pass<'_> {
             Ok(resp) => {
                 let secs = started.elapsed().as_secs_f64();
                 let v = verdict::verdict(resp.status, resp.reply.as_ref());
+                if v.is_contact() {
+                    self.contact = Some(state::unix(SystemTime::now()));
+                }
                 self.apply(id, v, &tarball, &resp, secs);
             }
             Err(e) => self.failed(id, &e),

@@ -139,12 +139,31 @@ pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<(), RetireError>
     sync_dir(&dirs.episodes).map_err(RetireError::io("syncing", dirs.episodes.clone()))?;
     sync_dir(&dirs.shipped).map_err(RetireError::io("syncing", dirs.shipped.clone()))?;
     fault::point("ship.after_dirfsync");
+    note_shipped(dirs, id, record);
     // The receipt has done its job. Not synced: if a power cut brings it
     // back, its episode is gone from episodes/ and tidy removes it.
     let receipt = dirs.receipt(id);
     remove_if_exists(&receipt).map_err(RetireError::io("removing", receipt.clone()))?;
     fault::point("clean.after_unlink");
     Ok(())
+}
+
+/// Keeps `receipts/<id>`: the record with the time of the retire,
+/// which retention goes by (never by mtimes the recorder set). Best effort
+/// and not synced: it is a report, and if it is lost (a crash, a power
+/// cut) retention falls back to the ctime of `shipped/<id>`, which our
+/// rename set at about the same moment and no user can set back.
+fn note_shipped(dirs: &Dirs, id: &str, record: &Record) {
+    let note = Record {
+        shipped: Some(crate::shipper::state::unix(std::time::SystemTime::now())),
+        ..record.clone()
+    };
+    // `.tmp-<id>`: a leading dot, so never the name of an id.
+    let tmp = dirs.receipts.join(format!(".tmp-{id}"));
+    let _ = fs::create_dir_all(&dirs.receipts).and_then(|()| {
+        fs::write(&tmp, note.to_text(id))?;
+        fs::rename(&tmp, dirs.shipped_record(id))
+    });
 }
 
 #[cfg(test)]

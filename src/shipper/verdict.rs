@@ -62,6 +62,23 @@ pub enum Verdict {
     Rejected,
 }
 
+impl Verdict {
+    /// Whether the answer shows the whole path working: the receiver
+    /// authenticated us and judged the upload itself (stored, present,
+    /// conflict, digest mismatch, rejected). Busy, full, timeouts and 5xx
+    /// do not count, nor does a refusal of our credentials. Recorded as
+    /// the last contact, which escalation goes by.
+    pub fn is_contact(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Retire { .. }
+                | Verdict::Quarantine { .. }
+                | Verdict::Repack
+                | Verdict::Rejected
+        )
+    }
+}
+
 /// The verdict for an answer with HTTP `code` and JSON body `reply`.
 pub fn verdict(code: u16, reply: Option<&Reply>) -> Verdict {
     match code {

@@ -1,0 +1,334 @@
+//! Operating a fleet: `--status`, `--once --dry-run`, retention, escalation
+//! of a receiver that never answers, and the metrics file read by a real
+//! `promtool` and a real `prometheus-node-exporter`.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::fs::{names, snapshot, Mtimes};
+use common::lab::Lab;
+use common::*;
+
+fn days_ago(d: u64) -> SystemTime {
+    SystemTime::now() - Duration::from_secs(d * 86_400)
+}
+
+fn set_mtime(p: &Path, t: SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .or_else(|_| fs::File::open(p))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// A lab with an episode in every state: shipped, recording, ready (old),
+/// packed, in conflict, and an invalid name.
+fn every_state(lab: &Lab) {
+    lab.episode("ep-shipped", 60_000, 1);
+    assert_exit(&lab.once(), 0);
+    // The receiver already holds other bytes under ep-conflict.
+    fs::write(lab.host_dir().join("ep-conflict.tar.zst"), b"other bytes").unwrap();
+    lab.episode("ep-conflict", 60_000, 4);
+    assert_exit(&lab.once(), 65);
+    // Packed against a dead receiver, so its tarball waits in outbox/.
+    lab.episode("ep-packed", 60_000, 3);
+    let port = lab.receiver().https.unwrap().port();
+    let dead = lab.variant("dead", &format!(":{port}\""), &format!(":{}\"", port + 1));
+    assert_exit(&shipper(&dead, &["--once"]), 65);
+    common::episodes::make_episode(&lab.cfg.data_dir, "ep-recording", 10_000, 2, false);
+    let ready = lab.episode("ep-ready", 60_000, 5);
+    set_mtime(&ready.join("done.marker"), days_ago(2));
+    let bad = lab.data("episodes/bad name");
+    fs::create_dir_all(&bad).unwrap();
+    fs::write(bad.join("done.marker"), b"").unwrap();
+}
+
+#[test]
+fn status_reports_every_state_read_only_even_while_a_pass_runs() {
+    let lab = Lab::new("op-status");
+    every_state(&lab);
+    let before = snapshot(&lab.cfg.data_dir, Mtimes::Exact);
+    // A pass holds the lock: --status does not care.
+    let lock = fs::File::options()
+        .write(true)
+        .open(lab.data(".lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = shipper(&lab.cfg.config, &["--status", "--json"]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    for want in [
+        r#""host_id":"lab-01""#,
+        r#""recording":1"#,
+        r#""ready":1"#,
+        r#""packed":1"#,
+        r#""confirmed":0"#,
+        r#""in_conflict":1"#,
+        r#""invalid_names":1"#,
+        r#""shipped":1"#,
+        r#""id":"ep-conflict""#,
+        r#""receiver_sha256":""#,
+        "ep-conflict.conflict",
+        r#""exit_code":65"#,
+    ] {
+        assert!(json.contains(want), "{want} missing from {json}");
+    }
+    assert_eq!(json.lines().count(), 1, "one JSON object on one line");
+    let age: u64 = json
+        .split("\"oldest_ready_age_s\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no oldest_ready_age_s in {json}"));
+    assert!((2 * 86_400..3 * 86_400).contains(&age), "{age}");
+    let table = stdout(&shipper(&lab.cfg.config, &["--status"]));
+    for want in [
+        "recording          1",
+        "ready              1   oldest finished 2d",
+        "conflict ep-conflict: ours ",
+        "last pass: ",
+        "exit 65",
+    ] {
+        assert!(table.contains(want), "{want:?} missing from\n{table}");
+    }
+    drop(lock);
+    assert_eq!(
+        snapshot(&lab.cfg.data_dir, Mtimes::Exact),
+        before,
+        "--status changed data_dir"
+    );
+}
+
+#[test]
+fn dry_run_writes_nothing_and_connects_nowhere() {
+    let lab = Lab::new("op-dry");
+    every_state(&lab);
+    fs::write(lab.data("outbox/ep-ready.tar.zst.partial"), b"half").unwrap();
+    let with_retention = lab.variant(
+        "retain",
+        "io_timeout_s = 10\n",
+        "io_timeout_s = 10\nkeep_shipped_days = 0\n",
+    );
+    let data = snapshot(&lab.cfg.data_dir, Mtimes::Exact);
+    let store = snapshot(&lab.store(), Mtimes::Exact);
+    let log_lines = lab.receiver().log.lock().unwrap().len();
+    let out = shipper(&with_retention, &["--once", "--dry-run"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for want in [
+        "no connection is made",
+        "would remove  ",
+        "ep-ready.tar.zst.partial (unfinished)",
+        "would pack    ep-ready: ",
+        "would upload  ep-ready",
+        "would upload  ep-packed: ",
+        "packed earlier)",
+        "would retire  ep-packed -> shipped/",
+        "skip          ep-conflict: in conflict",
+        "skip          episodes/bad name",
+        "would delete  shipped/ep-shipped (shipped 0 day(s) ago, keep_shipped_days = 0",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+    assert!(!text.contains("ep-recording"), "{text}");
+    assert_eq!(snapshot(&lab.cfg.data_dir, Mtimes::Exact), data);
+    assert_eq!(snapshot(&lab.store(), Mtimes::Exact), store);
+    assert_eq!(
+        lab.receiver().log.lock().unwrap().len(),
+        log_lines,
+        "the receiver saw something"
+    );
+}
+
+/// Sets when shipped/<id> was shipped, in its record under receipts/.
+fn shipped_days_ago(lab: &Lab, id: &str, d: u64) {
+    let p = lab.data(&format!("receipts/{id}"));
+    let text = fs::read_to_string(&p).unwrap();
+    let when = days_ago(d).duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("shipped "))
+        .collect();
+    fs::write(&p, format!("{}\nshipped {when}\n", kept.join("\n"))).unwrap();
+}
+
+#[test]
+fn retention_deletes_only_shipped_episodes_oldest_first() {
+    let lab = Lab::new("op-retain");
+    for (i, id) in ["ep-a", "ep-b", "ep-c", "ep-d"].iter().enumerate() {
+        lab.episode(id, 40_000, i as u64);
+    }
+    assert_exit(&lab.once(), 0);
+    shipped_days_ago(&lab, "ep-a", 9);
+    shipped_days_ago(&lab, "ep-b", 3);
+    shipped_days_ago(&lab, "ep-c", 30);
+    shipped_days_ago(&lab, "ep-d", 0);
+    // Work that is not shipped yet is never touched.
+    lab.episode("ep-pending", 40_000, 9);
+    let port = lab.receiver().https.unwrap().port();
+    let keep5 = lab.variant("keep5", &format!(":{port}\""), &format!(":{}\"", port + 1));
+    let text = fs::read_to_string(&keep5).unwrap() + "keep_shipped_days = 5\n";
+    write_file(&keep5, &text, 0o644);
+    let out = shipper(&keep5, &["--once"]);
+    assert_exit(&out, 75);
+    let err = stderr(&out);
+    let c = err.find("deleted shipped/ep-c (").expect(&err);
+    let a = err.find("deleted shipped/ep-a (").expect(&err);
+    assert!(c < a, "oldest first:\n{err}");
+    assert!(
+        err.contains("retention deleted 2 shipped episode(s)"),
+        "{err}"
+    );
+    assert_eq!(names(&lab.data("shipped")), ["ep-b", "ep-d"]);
+    assert_eq!(names(&lab.data("receipts")), ["ep-b", "ep-d"]);
+    assert_eq!(names(&lab.data("episodes")), ["ep-pending"]);
+    assert!(lab.data("outbox/ep-pending.tar.zst").exists());
+    // By space: a file system never 99% free deletes every shipped episode,
+    // oldest first, and still nothing else.
+    let text = fs::read_to_string(&keep5)
+        .unwrap()
+        .replace("keep_shipped_days = 5\n", "min_free_percent = 99\n");
+    write_file(&keep5, &text, 0o644);
+    let out = shipper(&keep5, &["--once"]);
+    let err = stderr(&out);
+    let b = err.find("deleted shipped/ep-b (").expect(&err);
+    let d = err.find("deleted shipped/ep-d (").expect(&err);
+    assert!(b < d && err.contains("min_free_percent = 99"), "{err}");
+    assert!(names(&lab.data("shipped")).is_empty());
+    assert_eq!(names(&lab.data("episodes")), ["ep-pending"]);
+    // The receiver keeps everything.
+    for id in ["ep-a", "ep-b", "ep-c", "ep-d"] {
+        assert!(lab.stored(id).exists());
+    }
+}
+
+#[test]
+fn finished_work_waiting_too_long_without_a_verdict_fails_with_69() {
+    let lab = Lab::new("op-escalate");
+    let ep = lab.episode("ep-1", 40_000, 1);
+    set_mtime(&ep.join("done.marker"), days_ago(2));
+    let port = lab.receiver().https.unwrap().port();
+    let dead = lab.variant("dead", &format!(":{port}\""), &format!(":{}\"", port + 1));
+    let text = fs::read_to_string(&dead).unwrap() + "alert_after_hours = 1\n";
+    write_file(&dead, &text, 0o644);
+    // The first pass of a fresh install does not alert: the clock starts now.
+    let out = shipper(&dead, &["--once"]);
+    assert_exit(&out, 75);
+    // The receiver has been silent for two days (the state file says the
+    // first pass was then): 69, at error level, saying why.
+    let state = lab.data("state.json");
+    let two_days = days_ago(2).duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let text = fs::read_to_string(&state).unwrap();
+    let first = text
+        .split("\"first_pass_unix\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .unwrap()
+        .to_owned();
+    fs::write(
+        &state,
+        text.replace(
+            &format!("\"first_pass_unix\":{first}"),
+            &format!("\"first_pass_unix\":{two_days}"),
+        ),
+    )
+    .unwrap();
+    let out = shipper(&dead, &["--once"]);
+    assert_exit(&out, 69);
+    assert!(
+        stderr(&out).contains("more than alert_after_hours = 1"),
+        "{}",
+        describe(&out)
+    );
+    // Once the receiver answers, all is well again.
+    let out = lab.once();
+    assert_exit(&out, 0);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_real_node_exporter_scrape() {
+    for tool in ["promtool", "prometheus-node-exporter"] {
+        assert!(
+            have(tool),
+            "{tool} not found: apt-get install prometheus prometheus-node-exporter"
+        );
+    }
+    let lab = Lab::build("op-metrics")
+        .shipper_extra("metrics_file = \"METRICS\"\n")
+        .start();
+    let dir = lab.dir.join("textfile");
+    fs::create_dir_all(&dir).unwrap();
+    let prom = dir.join("cis490_shipper.prom");
+    let text = fs::read_to_string(&lab.cfg.config)
+        .unwrap()
+        .replace("METRICS", prom.to_str().unwrap());
+    write_file(&lab.cfg.config, &text, 0o644);
+    lab.episode("ep-1", 80_000, 1);
+    lab.episode("ep-2", 80_000, 2);
+    assert_exit(&lab.once(), 0);
+    let metrics = fs::read_to_string(&prom).unwrap();
+    for want in [
+        "cis490_shipper_last_pass_exit_code 0",
+        "cis490_shipper_last_pass_episodes{outcome=\"stored\"} 2",
+        "cis490_shipper_episodes{state=\"shipped\"} 2",
+        "cis490_shipper_conflicts 0",
+        "# TYPE cis490_shipper_last_pass_timestamp_seconds gauge",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from\n{metrics}");
+    }
+    let check = run(Command::new("sh")
+        .args(["-c", "promtool check metrics < \"$1\"", "sh"])
+        .arg(&prom));
+    assert!(check.status.success(), "promtool: {}", describe(&check));
+
+    let port = free_port();
+    let mut exporter = Command::new("prometheus-node-exporter")
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus-node-exporter");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let out = run(Command::new("curl").args(["-sf", &url]));
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "node exporter never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    assert!(scrape.contains("node_textfile_scrape_error 0"), "{scrape}");
+    assert!(
+        scrape.contains("cis490_shipper_last_pass_episodes{outcome=\"stored\"} 2"),
+        "{scrape}"
+    );
+}
