@@ -36,9 +36,8 @@ use sha2::{Digest, Sha256};
 
 use crate::hashing::to_hex;
 
-/// The access key pair and the region of the credential scope. RGW accepts
-/// any region name in the scope (its zonegroup's `api_name` only matters for
-/// bucket placement); AWS requires the bucket's.
+/// The access key pair and the region of the credential scope. RGW 16
+/// accepts any region name in the scope; AWS requires the bucket's.
 #[derive(Clone)]
 pub struct Credentials {
     pub access_key: String,
@@ -57,7 +56,8 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// What `x-amz-content-sha256` says about the body.
+/// What `x-amz-content-sha256` says about the body. The header is always
+/// sent and signed: RGW refuses a SigV4 request without it (403).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload {
     /// The body's sha256: the server hashes what it receives and refuses the
@@ -319,7 +319,8 @@ pub fn target(path: &str, query: &[(&str, &str)]) -> String {
 }
 
 /// A canonical header value: surrounding whitespace trimmed and inner runs
-/// of spaces collapsed to one, as SigV4 specifies.
+/// of spaces collapsed to one, as SigV4 specifies (and RGW 16 does: a value
+/// `a  b` signed as `a  b` is refused, signed as `a b` accepted).
 fn canonical_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for word in v.split([' ', '\t']).filter(|w| !w.is_empty()) {
