@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod shipper;
 pub mod signal;
+pub mod sigv4;
 pub mod timefmt;
 pub mod tls;
 

@@ -17,6 +17,21 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// `20261128T050000Z`: ISO 8601 basic format, what AWS Signature Version 4
+/// puts in `X-Amz-Date` (its first eight bytes are the credential scope's
+/// date). Same clamping as [`rfc3339`].
+pub fn amz_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
@@ -47,5 +62,17 @@ mod tests {
         assert_eq!(rfc3339(t), "2000-02-29T00:00:00Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_795_842_061);
         assert_eq!(rfc3339(t), "2026-11-28T05:01:01Z");
+    }
+
+    #[test]
+    fn amz_dates() {
+        assert_eq!(amz_date(UNIX_EPOCH), "19700101T000000Z");
+        // The instant of AWS's published S3 signing examples.
+        let t = UNIX_EPOCH + Duration::from_secs(1_369_353_600);
+        assert_eq!(amz_date(t), "20130524T000000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_842_061);
+        assert_eq!(amz_date(t), "20261128T050101Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_868_799); // end of a leap day
+        assert_eq!(amz_date(t), "20000229T235959Z");
     }
 }

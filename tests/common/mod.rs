@@ -5,6 +5,7 @@
 //! from its stderr pipe, never a sleep.
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod episodes;
 pub mod fs;
 pub mod lab;
