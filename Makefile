@@ -7,7 +7,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 # release and static builds never carry them.
 TEST_FEATURES := --features fault-injection
 
-.PHONY: build static test lint demo bench dist clean
+.PHONY: build static test lint demo bench dist embed clean
 
 build:
 	$(CARGO) build --release
@@ -34,6 +34,11 @@ bench:
 
 dist:
 	bash scripts/dist.sh
+
+# Copy etc/ and scripts/lib/ into the installers after editing either; the
+# tests only check the copies (tests/deploy.rs), they never rewrite them.
+embed:
+	bash scripts/embed-templates.sh
 
 clean:
 	$(CARGO) clean
