@@ -274,7 +274,7 @@ fn installers_embed_the_shared_library() {
             "{installer}: no copy of scripts/lib/install-common.sh"
         );
     }
-    run_ok(&mut script("embed-templates.sh").arg("--check"));
+    run_ok(script("embed-templates.sh").arg("--check"));
     assert!(
         have("shellcheck"),
         "shellcheck not found (Debian: apt-get install shellcheck)"
