@@ -23,6 +23,7 @@ pub mod hashing;
 pub mod http;
 pub mod ids;
 pub mod log;
+pub mod notify;
 pub mod protocol;
 pub mod receiver;
 pub mod shipper;
