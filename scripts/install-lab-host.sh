@@ -386,10 +386,13 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectProc=invisible
 ProcSubset=pid
-# TCP to the receiver and UDP/TCP to the DNS resolver only. The binary logs to
-# stderr (the journal gets it through the pipe systemd sets up) and musl's
-# resolver speaks to nameservers directly, so no AF_UNIX socket is needed.
-RestrictAddressFamilies=AF_INET AF_INET6
+# TCP to the receiver and UDP/TCP to the DNS resolver. AF_UNIX too: the
+# static musl binary logs to stderr and asks nameservers itself, but a glibc
+# build resolves names through nss modules that talk over local sockets
+# (resolve, mdns4_minimal, sss on Ubuntu lab hosts); refused, those modules
+# are skipped and names only they know (.local, resolved's own) do not
+# resolve. Every other family stays refused.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes

@@ -318,7 +318,14 @@ StartLimitIntervalSec=5min
 StartLimitBurst=5
 
 [Service]
-Type=exec
+# The receiver says READY=1 (sd_notify) once every listener listens, so
+# `systemctl start/restart` return only then, and fail when it exits first
+# (a config error: exit 78). It also says STOPPING=1 when it drains and keeps
+# a STATUS= line for `systemctl status`. No WatchdogSec=: accept(2) blocks
+# while no lab host uploads, so an idle receiver cannot vouch for its accept
+# loops without being woken on purpose; a loop that fails for good exits,
+# and Restart= below brings it back.
+Type=notify
 ExecStart=/usr/local/bin/cis490-receiver
 User=cis490
 Group=cis490
@@ -356,8 +363,10 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectProc=invisible
 ProcSubset=pid
-# Listens on TCP only; logs go to stderr, so no AF_UNIX.
-RestrictAddressFamilies=AF_INET AF_INET6
+# TCP for the listeners; AF_UNIX for the readiness notification
+# ($NOTIFY_SOCKET is a local datagram socket) and for nss modules and
+# journald should a glibc build be used. Every other family stays refused.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes

@@ -25,8 +25,9 @@ const UNITS: [&str; 3] = [
     "cis490-receiver.service",
 ];
 const SERVICES: [&str; 2] = ["cis490-shipper.service", "cis490-receiver.service"];
-/// The hardening target from the deployment issue.
-const MAX_EXPOSURE: f64 = 2.0;
+/// The hardening target: what both units reach with AF_UNIX allowed
+/// (receiver 1.1, shipper 1.2 with systemd 252), so any loosening fails.
+const MAX_EXPOSURE: f64 = 1.3;
 
 // ---- helpers ---------------------------------------------------------------
 
