@@ -379,6 +379,13 @@ PrivateDevices=yes
 PrivateIPC=yes
 ProtectHostname=yes
 PrivateMounts=yes
+# A user namespace where only root and cis490 are mapped: the recorder's
+# files show up owned by "nobody", but the kernel still checks access with
+# the real owners, so group cis490 (ours, mapped) still reads the recorder's
+# files and renames its episode directories (checked under a booted systemd
+# by scripts/test-systemd.sh). Owners never reach the tarball: every tar
+# header has uid/gid 0 (src/shipper/pack.rs).
+PrivateUsers=yes
 ProtectClock=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
@@ -408,14 +415,9 @@ SystemCallErrorNumber=EPERM
 CapabilityBoundingSet=
 AmbientCapabilities=
 DevicePolicy=closed
-# Not set, on purpose:
-# - PrivateUsers=yes: inside a user namespace the recorder's files would show
-#   up owned by "nobody", and the shipper records owners in the tar headers,
-#   so a tarball repacked by hand (outside the unit) would differ byte for
-#   byte from one packed by the unit.
-# - PrivateNetwork=/IPAddressDeny=: the shipper's job is to talk to the
-#   receiver. To pin it to the receiver's address, add a drop-in with
-#   IPAddressDeny=any and IPAddressAllow=<receiver IP> <DNS server IP>.
+# Not set, on purpose: PrivateNetwork=/IPAddressDeny=: the shipper's job is
+# to talk to the receiver. To pin it to the receiver's address, add a drop-in
+# with IPAddressDeny=any and IPAddressAllow=<receiver IP> <DNS server IP>.
 
 [Install]
 # Enabled through the timer; nothing pulls the service in directly.

@@ -26,7 +26,7 @@ const UNITS: [&str; 3] = [
 ];
 const SERVICES: [&str; 2] = ["cis490-shipper.service", "cis490-receiver.service"];
 /// The hardening target: what both units reach with AF_UNIX allowed
-/// (receiver 1.1, shipper 1.2 with systemd 252), so any loosening fails.
+/// (1.1 each with systemd 252), so any loosening fails.
 const MAX_EXPOSURE: f64 = 1.3;
 
 // ---- helpers ---------------------------------------------------------------
