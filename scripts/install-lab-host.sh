@@ -275,11 +275,16 @@ enable_unit() {
 }
 
 # ---- the summary ----------------------------------------------------------
-# Only what is still left to do: each installer adds a step for what its
-# options did not already provide, then prints the numbered list.
+# Only what is still left to do: each installer adds a step for what neither
+# its options nor the files already installed provide, then the checks, and
+# prints the numbered list.
 
 NEXT=()
 next_step() { NEXT+=("$1"); }
+
+# provided SRC PATH: given now (an option's file, or installed under
+# --dry-run), or installed before.
+provided() { [[ -n $1 || -e $R$2 ]]; }
 
 print_next() {
     local i
@@ -561,13 +566,47 @@ put_file "$TMP/$NAME.timer" /etc/systemd/system/$NAME.timer 0644 root:root
 
 # A fresh template still names example hosts and files: starting the timer
 # now would only fail every five minutes until it is edited.
+timer_started=0
 if enable_unit $NAME.timer && [[ $config_existed -eq 1 ]]; then
     run systemctl start $NAME.timer
+    timer_started=1
 fi
 
-next_step "edit /etc/cis490/shipper.toml (host_id, receiver, ca_file, cert_file, key_file)"
-next_step "put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600)"
+# Whether some user besides the service's own is in its group (the
+# recorder, added by an earlier run or by hand).
+group_has_members() {
+    local line
+    if [[ -n $ROOT ]]; then
+        line=$(grep "^$USER_NAME:" "$R/etc/group" 2>/dev/null) || return 1
+    else
+        line=$(getent group "$USER_NAME") || return 1
+    fi
+    [[ -n ${line##*:} ]]
+}
+
+# A kept config is the operator's, unless it still names the example receiver.
+unset_keys=()
+if [[ $config_existed -eq 0 ]]; then
+    [[ -n $HOST_ID ]] || unset_keys+=(host_id)
+    [[ -n $RECEIVER ]] || unset_keys+=(receiver)
+elif grep -q '^receiver = "https://receiver.lab.example' "$R/etc/cis490/shipper.toml"; then
+    unset_keys=(host_id receiver)
+fi
+if [[ ${#unset_keys[@]} -gt 0 ]]; then
+    keys=${unset_keys[*]}
+    next_step "edit /etc/cis490/shipper.toml: ${keys// /, } (still the example values)"
+fi
+provided "$CA_SRC" /etc/cis490/tls/ca.crt ||
+    next_step "put the lab CA in /etc/cis490/tls/ca.crt (--ca), or drop ca_file from shipper.toml for a receiver with a public certificate"
+provided "$CERT_SRC" /etc/cis490/tls/host.crt ||
+    next_step "put this host's certificate and key in /etc/cis490/tls/host.crt and host.key (--cert, --key), or drop cert_file and key_file from shipper.toml"
+provided "$TOKEN_SRC" /etc/cis490/shipper.token ||
+    next_step "put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600; --token)"
+if [[ -z $RECORDER_USER ]] && ! group_has_members; then
+    next_step "add the recorder's user to group $USER_NAME (--recorder-user USER), unless it runs as $USER_NAME"
+fi
 next_step "sudo -u $USER_NAME $NAME --ping"
-next_step "sudo systemctl start $NAME.timer && systemctl list-timers $NAME.timer"
+[[ $timer_started -eq 1 ]] ||
+    next_step "sudo systemctl start $NAME.timer && systemctl list-timers $NAME.timer"
 next_step "journalctl -u $NAME.service"
 print_next

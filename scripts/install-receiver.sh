@@ -271,11 +271,16 @@ enable_unit() {
 }
 
 # ---- the summary ----------------------------------------------------------
-# Only what is still left to do: each installer adds a step for what its
-# options did not already provide, then prints the numbered list.
+# Only what is still left to do: each installer adds a step for what neither
+# its options nor the files already installed provide, then the checks, and
+# prints the numbered list.
 
 NEXT=()
 next_step() { NEXT+=("$1"); }
+
+# provided SRC PATH: given now (an option's file, or installed under
+# --dry-run), or installed before.
+provided() { [[ -n $1 || -e $R$2 ]]; }
 
 print_next() {
     local i
@@ -482,12 +487,30 @@ put_file "$TMP/$NAME.service" /etc/systemd/system/$NAME.service 0644 root:root
 
 # A re-run after an upgrade picks up the new binary and unit. The fresh
 # template has no [hosts]: the receiver would refuse to start until edited.
+restarted=0
 if enable_unit $NAME.service && [[ $config_existed -eq 1 ]]; then
     run systemctl restart $NAME.service
+    restarted=1
 fi
 
-next_step "edit /etc/cis490/receiver.toml (listen, cert_file, key_file, client_ca_file)"
-next_step "paste each lab host's line from 'pki.sh host ID' under [hosts]"
-next_step "sudo systemctl restart $NAME && journalctl -u $NAME -n 20
+# Whether the installed config has a line under [hosts] (the fresh
+# template has only a commented example).
+hosts_configured() {
+    awk '/^\[hosts\]/ { h = 1; next } /^\[/ { h = 0 }
+         h && !/^[[:space:]]*(#|$)/ { found = 1 } END { exit !found }' \
+        "$R/etc/cis490/receiver.toml" 2>/dev/null
+}
+
+provided "$CERT_SRC" /etc/cis490/tls/server.crt ||
+    next_step "put the server certificate and key from 'pki.sh server NAME...' in /etc/cis490/tls/server.crt and server.key (--cert, --key)"
+provided "$CA_SRC" /etc/cis490/tls/ca.crt ||
+    next_step "put the lab CA in /etc/cis490/tls/ca.crt (--ca), or drop client_ca_file from receiver.toml for tokens only"
+hosts_configured ||
+    next_step "paste each lab host's line from 'pki.sh host ID' under [hosts] in /etc/cis490/receiver.toml"
+if [[ $restarted -eq 1 ]]; then
+    next_step "journalctl -u $NAME -n 20    (look for \"listening on https://...\")"
+else
+    next_step "sudo systemctl restart $NAME && journalctl -u $NAME -n 20
      (look for \"listening on https://...\")"
+fi
 print_next

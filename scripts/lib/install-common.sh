@@ -228,11 +228,16 @@ enable_unit() {
 }
 
 # ---- the summary ----------------------------------------------------------
-# Only what is still left to do: each installer adds a step for what its
-# options did not already provide, then prints the numbered list.
+# Only what is still left to do: each installer adds a step for what neither
+# its options nor the files already installed provide, then the checks, and
+# prints the numbered list.
 
 NEXT=()
 next_step() { NEXT+=("$1"); }
+
+# provided SRC PATH: given now (an option's file, or installed under
+# --dry-run), or installed before.
+provided() { [[ -n $1 || -e $R$2 ]]; }
 
 print_next() {
     local i
