@@ -7,7 +7,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 # release and static builds never carry them.
 TEST_FEATURES := --features fault-injection
 
-.PHONY: build static test lint demo bench dist embed clean
+.PHONY: build static test test-systemd lint demo bench dist embed clean
 
 build:
 	$(CARGO) build --release
@@ -21,6 +21,12 @@ static:
 
 test: lint
 	$(CARGO) test $(TEST_FEATURES)
+
+# The README's deployment in a Debian booted under systemd-nspawn (root; builds
+# `make static` itself). `make test` runs it too (tests/systemd.rs) when the
+# machine allows, and prints why not otherwise.
+test-systemd:
+	bash scripts/test-systemd.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
