@@ -369,8 +369,9 @@ ProtectControlGroups=yes
 ProtectProc=invisible
 ProcSubset=pid
 # TCP for the listeners; AF_UNIX for the readiness notification
-# ($NOTIFY_SOCKET is a local datagram socket) and for nss modules and
-# journald should a glibc build be used. Every other family stays refused.
+# ($NOTIFY_SOCKET is a local datagram socket), and for nss modules should a
+# glibc build be used. (Logs need none: stderr is a socket systemd hands
+# over, not one we create.) Every other family stays refused.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes
