@@ -7,7 +7,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 # release and static builds never carry them.
 TEST_FEATURES := --features fault-injection
 
-.PHONY: build static test lint demo bench dist clean
+.PHONY: build static test test-systemd lint demo bench dist embed clean
 
 build:
 	$(CARGO) build --release
@@ -22,6 +22,12 @@ static:
 test: lint
 	$(CARGO) test $(TEST_FEATURES)
 
+# The README's deployment in a Debian booted under systemd-nspawn (root; builds
+# `make static` itself). `make test` runs it too (tests/systemd.rs) when the
+# machine allows, and prints why not otherwise.
+test-systemd:
+	bash scripts/test-systemd.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets $(TEST_FEATURES) -- -D warnings
@@ -34,6 +40,11 @@ bench:
 
 dist:
 	bash scripts/dist.sh
+
+# Copy etc/ and scripts/lib/ into the installers after editing either; the
+# tests only check the copies (tests/deploy.rs), they never rewrite them.
+embed:
+	bash scripts/embed-templates.sh
 
 clean:
 	$(CARGO) clean

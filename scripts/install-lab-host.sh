@@ -3,9 +3,10 @@
 # directories, systemd units, and the timer that runs `cis490-shipper --once`.
 #
 # Made to run next to one scp'd binary: no repository, no cargo, no network.
-# The units and the config template are embedded below (generated from etc/
-# by scripts/embed-templates.sh; tests/deploy.rs checks they match), so this
-# file plus the binary is all a lab host needs.
+# The code shared with install-receiver.sh (from scripts/lib/), the units and
+# the config template (from etc/) are copied in below by
+# scripts/embed-templates.sh (tests/deploy.rs checks the copies match), so
+# this file plus the binary is all a lab host needs.
 #
 # Idempotent: running it again reinstalls the binary and units (same bytes,
 # same modes) and never touches an existing config, token, key or episode.
@@ -42,6 +43,21 @@ replace one, remove it first.
 EOF
 }
 
+# ---- shared with install-receiver.sh -------------------------------------
+# BEGIN LIBRARY scripts/lib/install-common.sh
+# shellcheck shell=bash
+# ---- scripts/lib/install-common.sh: what both installers do alike ---------
+# Not run on its own: scripts/embed-templates.sh copies this file into
+# install-lab-host.sh and install-receiver.sh, between their
+# "# BEGIN LIBRARY" and "# END LIBRARY" lines, so that each installer stays
+# one file that works when scp'd alone. Edit it here, then run
+# scripts/embed-templates.sh (or `make embed`); tests/deploy.rs fails while
+# an installer's copy differs.
+#
+# The installer sets PROG, NAME (the binary) and USER_NAME (the service
+# user) and defines usage() before this point; the library sets the options
+# both installers take: BINARY CA_SRC CERT_SRC KEY_SRC ENABLE DRY_RUN ROOT.
+
 die() {
     printf '%s: error: %s\n' "$PROG" "$*" >&2
     exit 1
@@ -51,61 +67,53 @@ note() { printf '%s: %s\n' "$PROG" "$*"; }
 # ---- arguments ------------------------------------------------------------
 
 BINARY=""
-HOST_ID=""
-RECEIVER=""
 CA_SRC=""
 CERT_SRC=""
 KEY_SRC=""
-TOKEN_SRC=""
-RECORDER_USER=""
 ENABLE=1
 DRY_RUN=0
 ROOT=""
 
 need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
 
-while [[ $# -gt 0 ]]; do
+# common_arg "$@": takes one of the options both installers have, and sets
+# ARG_WORDS to how many words it used (the caller shifts them).
+# shellcheck disable=SC2034  # ARG_WORDS is read by the installer's loop
+common_arg() {
+    ARG_WORDS=2
     case $1 in
-        --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
-        --host-id) need_arg "$@"; HOST_ID=$2; shift 2 ;;
-        --receiver) need_arg "$@"; RECEIVER=$2; shift 2 ;;
-        --ca) need_arg "$@"; CA_SRC=$2; shift 2 ;;
-        --cert) need_arg "$@"; CERT_SRC=$2; shift 2 ;;
-        --key) need_arg "$@"; KEY_SRC=$2; shift 2 ;;
-        --token) need_arg "$@"; TOKEN_SRC=$2; shift 2 ;;
-        --recorder-user) need_arg "$@"; RECORDER_USER=$2; shift 2 ;;
-        --no-enable) ENABLE=0; shift ;;
-        --dry-run) DRY_RUN=1; shift ;;
-        --root) need_arg "$@"; ROOT=$2; shift 2 ;;
+        --binary) need_arg "$@"; BINARY=$2 ;;
+        --ca) need_arg "$@"; CA_SRC=$2 ;;
+        --cert) need_arg "$@"; CERT_SRC=$2 ;;
+        --key) need_arg "$@"; KEY_SRC=$2 ;;
+        --no-enable) ENABLE=0; ARG_WORDS=1 ;;
+        --dry-run) DRY_RUN=1; ARG_WORDS=1 ;;
+        --root) need_arg "$@"; ROOT=$2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
-done
+}
 
-# Values are written into TOML strings with sed: keep them to characters that
-# need no escaping in either.
-if [[ -n $HOST_ID && ! $HOST_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
-    die "--host-id '$HOST_ID': 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
-fi
-# `]` first and `-` last inside the brackets: POSIX bracket expressions have
-# no backslash escapes. Allows host names, IPv4 and [IPv6] with a port.
-receiver_re='^https://[][A-Za-z0-9.:-]+/?$'
-if [[ -n $RECEIVER && ! $RECEIVER =~ $receiver_re ]]; then
-    die "--receiver '$RECEIVER': expected https://HOST:PORT"
-fi
-for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC" "$TOKEN_SRC"; do
-    [[ -z $f || -r $f ]] || die "cannot read $f"
-done
-if [[ -n $CERT_SRC && -z $KEY_SRC ]] || [[ -z $CERT_SRC && -n $KEY_SRC ]]; then
-    die "--cert and --key go together"
-fi
-
-if [[ -n $ROOT ]]; then
-    [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
-    ROOT=$(cd "$ROOT" && pwd)
-    [[ $ROOT != / ]] || ROOT=""
-fi
-R=$ROOT
+# check_sources [FILE...]: the files given to install (--ca, --cert, --key
+# and the installer's own, e.g. --token) are readable, --cert and --key come
+# together; --root names a directory. Sets R, the prefix of every path this
+# installer writes ("" for the real system).
+# shellcheck disable=SC2120  # install-receiver.sh has no files of its own
+check_sources() {
+    local f
+    for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC" "$@"; do
+        [[ -z $f || -r $f ]] || die "cannot read $f"
+    done
+    if [[ -n $CERT_SRC && -z $KEY_SRC ]] || [[ -z $CERT_SRC && -n $KEY_SRC ]]; then
+        die "--cert and --key go together"
+    fi
+    if [[ -n $ROOT ]]; then
+        [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
+        ROOT=$(cd "$ROOT" && pwd)
+        [[ $ROOT != / ]] || ROOT=""
+    fi
+    R=$ROOT
+}
 
 # ---- prerequisites --------------------------------------------------------
 
@@ -125,27 +133,36 @@ find_binary() {
     return 1
 }
 
-if [[ -z $BINARY ]]; then
-    BINARY=$(find_binary) || die "no $NAME binary next to this script or in $PWD; pass --binary PATH"
-fi
-[[ -f $BINARY ]] || die "--binary $BINARY: no such file"
-# Running it is the architecture check: a binary for another CPU fails here
-# with "Exec format error" instead of at the first timer tick.
-[[ -x $BINARY ]] || chmod +x "$BINARY" 2>/dev/null || true
-version=$("$BINARY" --version 2>&1) || die "$BINARY does not run on this $ARCH machine: $version"
-[[ $version == "$NAME "* ]] || die "$BINARY --version printed '$version', not '$NAME <version>': wrong binary?"
-note "binary: $BINARY ($version)"
-
-if [[ -z $ROOT ]]; then
-    command -v systemctl >/dev/null || die "systemctl not found: this installer needs systemd (or use --root DIR)"
-    [[ -d /run/systemd/system ]] || die "systemd is not running on this machine (or use --root DIR)"
-    if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-        die "run as root (sudo), or try --dry-run"
+# check_prerequisites: the binary is ours and runs here; this is a systemd
+# machine and we are root (unless --root or --dry-run says otherwise).
+# Creates TMP, removed at exit.
+check_prerequisites() {
+    local version
+    if [[ -z $BINARY ]]; then
+        BINARY=$(find_binary) || die "no $NAME binary next to this script or in $PWD; pass --binary PATH"
     fi
-    command -v useradd >/dev/null || die "useradd not found"
-else
-    note "--root $ROOT: installing into that tree; user, ownership and systemd changes on this machine are skipped"
-fi
+    [[ -f $BINARY ]] || die "--binary $BINARY: no such file"
+    # Running it is the architecture check: a binary for another CPU fails here
+    # with "Exec format error" instead of at the first timer tick.
+    [[ -x $BINARY ]] || chmod +x "$BINARY" 2>/dev/null || true
+    version=$("$BINARY" --version 2>&1) || die "$BINARY does not run on this $ARCH machine: $version"
+    [[ $version == "$NAME "* ]] || die "$BINARY --version printed '$version', not '$NAME <version>': wrong binary?"
+    note "binary: $BINARY ($version)"
+
+    if [[ -z $ROOT ]]; then
+        command -v systemctl >/dev/null || die "systemctl not found: this installer needs systemd (or use --root DIR)"
+        [[ -d /run/systemd/system ]] || die "systemd is not running on this machine (or use --root DIR)"
+        if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
+            die "run as root (sudo), or try --dry-run"
+        fi
+        command -v useradd >/dev/null || die "useradd not found"
+    else
+        note "--root $ROOT: installing into that tree; user, ownership and systemd changes on this machine are skipped"
+    fi
+
+    TMP=$(mktemp -d)
+    trap 'rm -rf "$TMP"' EXIT
+}
 
 # ---- actions --------------------------------------------------------------
 # Every change goes through one of these, so --dry-run and --root are decided
@@ -205,8 +222,113 @@ keep_or_put() {
     run_system chown "$4" "$R$2"
 }
 
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+# ensure_user HOME COMMENT: the service user, a system user with no login
+# and no home of its own beyond HOME. On a machine that is both a lab host
+# and the central node the other installer may have made it already.
+ensure_user() {
+    if [[ -z $ROOT ]] && getent passwd "$USER_NAME" >/dev/null; then
+        note "user $USER_NAME exists"
+    else
+        run_system useradd --system --user-group --home-dir "$1" \
+            --no-create-home --shell /usr/sbin/nologin \
+            --comment "$2" "$USER_NAME"
+    fi
+}
+
+# install_base: the binary, and /etc/cis490/ and its tls/ for the config and
+# keys: readable by the service, writable by root only. Both installers make
+# these directories, so their modes are decided here, once.
+install_base() {
+    ensure_system_dir /usr/local/bin
+    put_file "$BINARY" "/usr/local/bin/$NAME" 0755 root:root
+    mkdir_owned /etc/cis490 0750 "root:$USER_NAME"
+    mkdir_owned /etc/cis490/tls 0750 "root:$USER_NAME"
+}
+
+# install_tls NAME: --ca, --cert and --key as tls/ca.crt, tls/NAME.crt and
+# tls/NAME.key. Certificates are public; the key is for the service to read
+# and root to change.
+install_tls() {
+    [[ -z $CA_SRC ]] || keep_or_put "$CA_SRC" /etc/cis490/tls/ca.crt 0644 root:root
+    [[ -z $CERT_SRC ]] || keep_or_put "$CERT_SRC" "/etc/cis490/tls/$1.crt" 0644 root:root
+    [[ -z $KEY_SRC ]] || keep_or_put "$KEY_SRC" "/etc/cis490/tls/$1.key" 0640 "root:$USER_NAME"
+}
+
+# enable_unit UNIT: let systemd see the unit files just installed and enable
+# UNIT, unless --no-enable. Under --root this only creates the symlinks
+# inside ROOT (systemctl --root). Succeeds only when UNIT was enabled on the
+# running system, so the caller knows it may start it.
+enable_unit() {
+    if [[ -n $ROOT ]]; then
+        if [[ $ENABLE -eq 1 ]]; then
+            if command -v systemctl >/dev/null; then
+                run systemctl --root="$ROOT" --quiet enable "$1"
+            else
+                note "skipped (no systemctl): enable $1 in $ROOT"
+            fi
+        fi
+        return 1
+    fi
+    run systemctl daemon-reload
+    [[ $ENABLE -eq 1 ]] || return 1
+    run systemctl enable "$1"
+}
+
+# ---- the summary ----------------------------------------------------------
+# Only what is still left to do: each installer adds a step for what neither
+# its options nor the files already installed provide, then the checks, and
+# prints the numbered list.
+
+NEXT=()
+next_step() { NEXT+=("$1"); }
+
+# provided SRC PATH: given now (an option's file, or installed under
+# --dry-run), or installed before.
+provided() { [[ -n $1 || -e $R$2 ]]; }
+
+print_next() {
+    local i
+    printf '%s: done.\n' "$PROG"
+    [[ ${#NEXT[@]} -gt 0 ]] || return 0
+    printf 'Next:\n'
+    for i in "${!NEXT[@]}"; do
+        printf '  %d. %s\n' "$((i + 1))" "${NEXT[$i]}"
+    done
+}
+# END LIBRARY
+
+# ---- arguments ------------------------------------------------------------
+# Those of this installer only; common_arg takes the rest (--binary, --ca,
+# --cert, --key, --no-enable, --dry-run, --root, --help).
+
+HOST_ID=""
+RECEIVER=""
+TOKEN_SRC=""
+RECORDER_USER=""
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --host-id) need_arg "$@"; HOST_ID=$2; shift 2 ;;
+        --receiver) need_arg "$@"; RECEIVER=$2; shift 2 ;;
+        --token) need_arg "$@"; TOKEN_SRC=$2; shift 2 ;;
+        --recorder-user) need_arg "$@"; RECORDER_USER=$2; shift 2 ;;
+        *) common_arg "$@"; shift "$ARG_WORDS" ;;
+    esac
+done
+
+# Values are written into TOML strings with sed: keep them to characters that
+# need no escaping in either.
+if [[ -n $HOST_ID && ! $HOST_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
+    die "--host-id '$HOST_ID': 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+fi
+# `]` first and `-` last inside the brackets: POSIX bracket expressions have
+# no backslash escapes. Allows host names, IPv4 and [IPv6] with a port.
+receiver_re='^https://[][A-Za-z0-9.:-]+/?$'
+if [[ -n $RECEIVER && ! $RECEIVER =~ $receiver_re ]]; then
+    die "--receiver '$RECEIVER': expected https://HOST:PORT"
+fi
+check_sources "$TOKEN_SRC"
+check_prerequisites
 
 # ---- embedded templates ---------------------------------------------------
 # BEGIN EMBEDDED etc/cis490-shipper.service etc/cis490-shipper.timer etc/shipper.toml.example
@@ -262,6 +384,13 @@ PrivateDevices=yes
 PrivateIPC=yes
 ProtectHostname=yes
 PrivateMounts=yes
+# A user namespace where only root and cis490 are mapped: the recorder's
+# files show up owned by "nobody", but the kernel still checks access with
+# the real owners, so group cis490 (ours, mapped) still reads the recorder's
+# files and renames its episode directories (checked under a booted systemd
+# by scripts/test-systemd.sh). Owners never reach the tarball: every tar
+# header has uid/gid 0 (src/shipper/pack.rs).
+PrivateUsers=yes
 ProtectClock=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
@@ -269,10 +398,13 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectProc=invisible
 ProcSubset=pid
-# TCP to the receiver and UDP/TCP to the DNS resolver only. The binary logs to
-# stderr (the journal gets it through the pipe systemd sets up) and musl's
-# resolver speaks to nameservers directly, so no AF_UNIX socket is needed.
-RestrictAddressFamilies=AF_INET AF_INET6
+# TCP to the receiver and UDP/TCP to the DNS resolver. AF_UNIX too: the
+# static musl binary logs to stderr and asks nameservers itself, but a glibc
+# build resolves names through nss modules that talk over local sockets
+# (resolve, mdns4_minimal, sss on Ubuntu lab hosts); refused, those modules
+# are skipped and names only they know (.local, resolved's own) do not
+# resolve. Every other family stays refused.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
@@ -288,14 +420,9 @@ SystemCallErrorNumber=EPERM
 CapabilityBoundingSet=
 AmbientCapabilities=
 DevicePolicy=closed
-# Not set, on purpose:
-# - PrivateUsers=yes: inside a user namespace the recorder's files would show
-#   up owned by "nobody", and the shipper records owners in the tar headers,
-#   so a tarball repacked by hand (outside the unit) would differ byte for
-#   byte from one packed by the unit.
-# - PrivateNetwork=/IPAddressDeny=: the shipper's job is to talk to the
-#   receiver. To pin it to the receiver's address, add a drop-in with
-#   IPAddressDeny=any and IPAddressAllow=<receiver IP> <DNS server IP>.
+# Not set, on purpose: PrivateNetwork=/IPAddressDeny=: the shipper's job is
+# to talk to the receiver. To pin it to the receiver's address, add a drop-in
+# with IPAddressDeny=any and IPAddressAllow=<receiver IP> <DNS server IP>.
 
 [Install]
 # Enabled through the timer; nothing pulls the service in directly.
@@ -401,27 +528,14 @@ CIS490_TEMPLATE_END
 
 # ---- install --------------------------------------------------------------
 
-# The service user: no login, no home of its own beyond the data directory.
-if [[ -z $ROOT ]] && getent passwd "$USER_NAME" >/dev/null; then
-    note "user $USER_NAME exists"
-else
-    run_system useradd --system --user-group --home-dir /var/lib/cis490 \
-        --no-create-home --shell /usr/sbin/nologin \
-        --comment "CIS490 episode shipper" "$USER_NAME"
-fi
+ensure_user /var/lib/cis490 "CIS490 episode shipper"
 if [[ -n $RECORDER_USER ]]; then
     # The recorder needs group cis490 to hand episodes over (see the
     # ownership model in shipper.toml.example).
     run_system usermod --append --groups "$USER_NAME" "$RECORDER_USER"
 fi
 
-ensure_system_dir /usr/local/bin
-put_file "$BINARY" /usr/local/bin/$NAME 0755 root:root
-
-# Config and secrets: readable by the service, writable by root only; the
-# token file is the exception the shipper insists on (owner only, 0600).
-mkdir_owned /etc/cis490 0750 root:$USER_NAME
-mkdir_owned /etc/cis490/tls 0750 root:$USER_NAME
+install_base
 emit_etc_shipper_toml_example >"$TMP/shipper.toml"
 config_existed=0
 [[ -e $R/etc/cis490/shipper.toml ]] && config_existed=1
@@ -432,9 +546,8 @@ if [[ -n $RECEIVER ]]; then
     sed -i "s|^receiver = .*|receiver = \"$RECEIVER\"|" "$TMP/shipper.toml"
 fi
 keep_or_put "$TMP/shipper.toml" /etc/cis490/shipper.toml 0640 root:$USER_NAME
-[[ -z $CA_SRC ]] || keep_or_put "$CA_SRC" /etc/cis490/tls/ca.crt 0644 root:root
-[[ -z $CERT_SRC ]] || keep_or_put "$CERT_SRC" /etc/cis490/tls/host.crt 0644 root:root
-[[ -z $KEY_SRC ]] || keep_or_put "$KEY_SRC" /etc/cis490/tls/host.key 0640 root:$USER_NAME
+install_tls host
+# The token is the exception the shipper insists on: its own, mode 0600.
 [[ -z $TOKEN_SRC ]] || keep_or_put "$TOKEN_SRC" /etc/cis490/shipper.token 0600 $USER_NAME:$USER_NAME
 
 # Data: setgid group cis490 so whatever the recorder creates stays in the
@@ -451,34 +564,49 @@ emit_etc_cis490_shipper_timer >"$TMP/$NAME.timer"
 put_file "$TMP/$NAME.service" /etc/systemd/system/$NAME.service 0644 root:root
 put_file "$TMP/$NAME.timer" /etc/systemd/system/$NAME.timer 0644 root:root
 
-if [[ -n $ROOT ]]; then
-    # Offline: systemctl --root only creates the symlinks inside ROOT.
-    if [[ $ENABLE -eq 1 ]]; then
-        if command -v systemctl >/dev/null; then
-            run systemctl --root="$ROOT" --quiet enable $NAME.timer
-        else
-            note "skipped (no systemctl): enable $NAME.timer in $ROOT"
-        fi
-    fi
-else
-    run systemctl daemon-reload
-    if [[ $ENABLE -eq 1 ]]; then
-        if [[ $config_existed -eq 1 ]]; then
-            run systemctl enable --now $NAME.timer
-        else
-            # A fresh template still names example hosts and files: starting
-            # now would only fail every five minutes until it is edited.
-            run systemctl enable $NAME.timer
-        fi
-    fi
+# A fresh template still names example hosts and files: starting the timer
+# now would only fail every five minutes until it is edited.
+timer_started=0
+if enable_unit $NAME.timer && [[ $config_existed -eq 1 ]]; then
+    run systemctl start $NAME.timer
+    timer_started=1
 fi
 
-cat <<EOF
-$PROG: done.
-Next:
-  1. edit /etc/cis490/shipper.toml (host_id, receiver, ca_file, cert_file, key_file)
-  2. put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600)
-  3. sudo -u $USER_NAME $NAME --ping
-  4. sudo systemctl start $NAME.timer && systemctl list-timers $NAME.timer
-  5. journalctl -u $NAME.service
-EOF
+# Whether some user besides the service's own is in its group (the
+# recorder, added by an earlier run or by hand).
+group_has_members() {
+    local line
+    if [[ -n $ROOT ]]; then
+        line=$(grep "^$USER_NAME:" "$R/etc/group" 2>/dev/null) || return 1
+    else
+        line=$(getent group "$USER_NAME") || return 1
+    fi
+    [[ -n ${line##*:} ]]
+}
+
+# A kept config is the operator's, unless it still names the example receiver.
+unset_keys=()
+if [[ $config_existed -eq 0 ]]; then
+    [[ -n $HOST_ID ]] || unset_keys+=(host_id)
+    [[ -n $RECEIVER ]] || unset_keys+=(receiver)
+elif grep -q '^receiver = "https://receiver.lab.example' "$R/etc/cis490/shipper.toml"; then
+    unset_keys=(host_id receiver)
+fi
+if [[ ${#unset_keys[@]} -gt 0 ]]; then
+    keys=${unset_keys[*]}
+    next_step "edit /etc/cis490/shipper.toml: ${keys// /, } (still the example values)"
+fi
+provided "$CA_SRC" /etc/cis490/tls/ca.crt ||
+    next_step "put the lab CA in /etc/cis490/tls/ca.crt (--ca), or drop ca_file from shipper.toml for a receiver with a public certificate"
+provided "$CERT_SRC" /etc/cis490/tls/host.crt ||
+    next_step "put this host's certificate and key in /etc/cis490/tls/host.crt and host.key (--cert, --key), or drop cert_file and key_file from shipper.toml"
+provided "$TOKEN_SRC" /etc/cis490/shipper.token ||
+    next_step "put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600; --token)"
+if [[ -z $RECORDER_USER ]] && ! group_has_members; then
+    next_step "add the recorder's user to group $USER_NAME (--recorder-user USER), unless it runs as $USER_NAME"
+fi
+next_step "sudo -u $USER_NAME $NAME --ping"
+[[ $timer_started -eq 1 ]] ||
+    next_step "sudo systemctl start $NAME.timer && systemctl list-timers $NAME.timer"
+next_step "journalctl -u $NAME.service"
+print_next

@@ -3,9 +3,10 @@
 # directory and the systemd service.
 #
 # Made to run next to one scp'd binary: no repository, no cargo, no network.
-# The units and the config template are embedded below (generated from etc/
-# by scripts/embed-templates.sh; tests/deploy.rs checks they match), so this
-# file plus the binary is all the central node needs.
+# The code shared with install-lab-host.sh (from scripts/lib/), the unit and
+# the config template (from etc/) are copied in below by
+# scripts/embed-templates.sh (tests/deploy.rs checks the copies match), so
+# this file plus the binary is all the central node needs.
 #
 # Idempotent: running it again reinstalls the binary and unit (same bytes,
 # same modes) and never touches an existing config, key or stored episode.
@@ -38,6 +39,21 @@ one, remove it first.
 EOF
 }
 
+# ---- shared with install-lab-host.sh -------------------------------------
+# BEGIN LIBRARY scripts/lib/install-common.sh
+# shellcheck shell=bash
+# ---- scripts/lib/install-common.sh: what both installers do alike ---------
+# Not run on its own: scripts/embed-templates.sh copies this file into
+# install-lab-host.sh and install-receiver.sh, between their
+# "# BEGIN LIBRARY" and "# END LIBRARY" lines, so that each installer stays
+# one file that works when scp'd alone. Edit it here, then run
+# scripts/embed-templates.sh (or `make embed`); tests/deploy.rs fails while
+# an installer's copy differs.
+#
+# The installer sets PROG, NAME (the binary) and USER_NAME (the service
+# user) and defines usage() before this point; the library sets the options
+# both installers take: BINARY CA_SRC CERT_SRC KEY_SRC ENABLE DRY_RUN ROOT.
+
 die() {
     printf '%s: error: %s\n' "$PROG" "$*" >&2
     exit 1
@@ -56,33 +72,44 @@ ROOT=""
 
 need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
 
-while [[ $# -gt 0 ]]; do
+# common_arg "$@": takes one of the options both installers have, and sets
+# ARG_WORDS to how many words it used (the caller shifts them).
+# shellcheck disable=SC2034  # ARG_WORDS is read by the installer's loop
+common_arg() {
+    ARG_WORDS=2
     case $1 in
-        --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
-        --ca) need_arg "$@"; CA_SRC=$2; shift 2 ;;
-        --cert) need_arg "$@"; CERT_SRC=$2; shift 2 ;;
-        --key) need_arg "$@"; KEY_SRC=$2; shift 2 ;;
-        --no-enable) ENABLE=0; shift ;;
-        --dry-run) DRY_RUN=1; shift ;;
-        --root) need_arg "$@"; ROOT=$2; shift 2 ;;
+        --binary) need_arg "$@"; BINARY=$2 ;;
+        --ca) need_arg "$@"; CA_SRC=$2 ;;
+        --cert) need_arg "$@"; CERT_SRC=$2 ;;
+        --key) need_arg "$@"; KEY_SRC=$2 ;;
+        --no-enable) ENABLE=0; ARG_WORDS=1 ;;
+        --dry-run) DRY_RUN=1; ARG_WORDS=1 ;;
+        --root) need_arg "$@"; ROOT=$2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
-done
+}
 
-for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC"; do
-    [[ -z $f || -r $f ]] || die "cannot read $f"
-done
-if [[ -n $CERT_SRC && -z $KEY_SRC ]] || [[ -z $CERT_SRC && -n $KEY_SRC ]]; then
-    die "--cert and --key go together"
-fi
-
-if [[ -n $ROOT ]]; then
-    [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
-    ROOT=$(cd "$ROOT" && pwd)
-    [[ $ROOT != / ]] || ROOT=""
-fi
-R=$ROOT
+# check_sources [FILE...]: the files given to install (--ca, --cert, --key
+# and the installer's own, e.g. --token) are readable, --cert and --key come
+# together; --root names a directory. Sets R, the prefix of every path this
+# installer writes ("" for the real system).
+# shellcheck disable=SC2120  # install-receiver.sh has no files of its own
+check_sources() {
+    local f
+    for f in "$CA_SRC" "$CERT_SRC" "$KEY_SRC" "$@"; do
+        [[ -z $f || -r $f ]] || die "cannot read $f"
+    done
+    if [[ -n $CERT_SRC && -z $KEY_SRC ]] || [[ -z $CERT_SRC && -n $KEY_SRC ]]; then
+        die "--cert and --key go together"
+    fi
+    if [[ -n $ROOT ]]; then
+        [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
+        ROOT=$(cd "$ROOT" && pwd)
+        [[ $ROOT != / ]] || ROOT=""
+    fi
+    R=$ROOT
+}
 
 # ---- prerequisites --------------------------------------------------------
 
@@ -102,27 +129,36 @@ find_binary() {
     return 1
 }
 
-if [[ -z $BINARY ]]; then
-    BINARY=$(find_binary) || die "no $NAME binary next to this script or in $PWD; pass --binary PATH"
-fi
-[[ -f $BINARY ]] || die "--binary $BINARY: no such file"
-# Running it is the architecture check: a binary for another CPU fails here
-# with "Exec format error" instead of at the first timer tick.
-[[ -x $BINARY ]] || chmod +x "$BINARY" 2>/dev/null || true
-version=$("$BINARY" --version 2>&1) || die "$BINARY does not run on this $ARCH machine: $version"
-[[ $version == "$NAME "* ]] || die "$BINARY --version printed '$version', not '$NAME <version>': wrong binary?"
-note "binary: $BINARY ($version)"
-
-if [[ -z $ROOT ]]; then
-    command -v systemctl >/dev/null || die "systemctl not found: this installer needs systemd (or use --root DIR)"
-    [[ -d /run/systemd/system ]] || die "systemd is not running on this machine (or use --root DIR)"
-    if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-        die "run as root (sudo), or try --dry-run"
+# check_prerequisites: the binary is ours and runs here; this is a systemd
+# machine and we are root (unless --root or --dry-run says otherwise).
+# Creates TMP, removed at exit.
+check_prerequisites() {
+    local version
+    if [[ -z $BINARY ]]; then
+        BINARY=$(find_binary) || die "no $NAME binary next to this script or in $PWD; pass --binary PATH"
     fi
-    command -v useradd >/dev/null || die "useradd not found"
-else
-    note "--root $ROOT: installing into that tree; user, ownership and systemd changes on this machine are skipped"
-fi
+    [[ -f $BINARY ]] || die "--binary $BINARY: no such file"
+    # Running it is the architecture check: a binary for another CPU fails here
+    # with "Exec format error" instead of at the first timer tick.
+    [[ -x $BINARY ]] || chmod +x "$BINARY" 2>/dev/null || true
+    version=$("$BINARY" --version 2>&1) || die "$BINARY does not run on this $ARCH machine: $version"
+    [[ $version == "$NAME "* ]] || die "$BINARY --version printed '$version', not '$NAME <version>': wrong binary?"
+    note "binary: $BINARY ($version)"
+
+    if [[ -z $ROOT ]]; then
+        command -v systemctl >/dev/null || die "systemctl not found: this installer needs systemd (or use --root DIR)"
+        [[ -d /run/systemd/system ]] || die "systemd is not running on this machine (or use --root DIR)"
+        if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
+            die "run as root (sudo), or try --dry-run"
+        fi
+        command -v useradd >/dev/null || die "useradd not found"
+    else
+        note "--root $ROOT: installing into that tree; user, ownership and systemd changes on this machine are skipped"
+    fi
+
+    TMP=$(mktemp -d)
+    trap 'rm -rf "$TMP"' EXIT
+}
 
 # ---- actions --------------------------------------------------------------
 # Every change goes through one of these, so --dry-run and --root are decided
@@ -182,8 +218,92 @@ keep_or_put() {
     run_system chown "$4" "$R$2"
 }
 
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+# ensure_user HOME COMMENT: the service user, a system user with no login
+# and no home of its own beyond HOME. On a machine that is both a lab host
+# and the central node the other installer may have made it already.
+ensure_user() {
+    if [[ -z $ROOT ]] && getent passwd "$USER_NAME" >/dev/null; then
+        note "user $USER_NAME exists"
+    else
+        run_system useradd --system --user-group --home-dir "$1" \
+            --no-create-home --shell /usr/sbin/nologin \
+            --comment "$2" "$USER_NAME"
+    fi
+}
+
+# install_base: the binary, and /etc/cis490/ and its tls/ for the config and
+# keys: readable by the service, writable by root only. Both installers make
+# these directories, so their modes are decided here, once.
+install_base() {
+    ensure_system_dir /usr/local/bin
+    put_file "$BINARY" "/usr/local/bin/$NAME" 0755 root:root
+    mkdir_owned /etc/cis490 0750 "root:$USER_NAME"
+    mkdir_owned /etc/cis490/tls 0750 "root:$USER_NAME"
+}
+
+# install_tls NAME: --ca, --cert and --key as tls/ca.crt, tls/NAME.crt and
+# tls/NAME.key. Certificates are public; the key is for the service to read
+# and root to change.
+install_tls() {
+    [[ -z $CA_SRC ]] || keep_or_put "$CA_SRC" /etc/cis490/tls/ca.crt 0644 root:root
+    [[ -z $CERT_SRC ]] || keep_or_put "$CERT_SRC" "/etc/cis490/tls/$1.crt" 0644 root:root
+    [[ -z $KEY_SRC ]] || keep_or_put "$KEY_SRC" "/etc/cis490/tls/$1.key" 0640 "root:$USER_NAME"
+}
+
+# enable_unit UNIT: let systemd see the unit files just installed and enable
+# UNIT, unless --no-enable. Under --root this only creates the symlinks
+# inside ROOT (systemctl --root). Succeeds only when UNIT was enabled on the
+# running system, so the caller knows it may start it.
+enable_unit() {
+    if [[ -n $ROOT ]]; then
+        if [[ $ENABLE -eq 1 ]]; then
+            if command -v systemctl >/dev/null; then
+                run systemctl --root="$ROOT" --quiet enable "$1"
+            else
+                note "skipped (no systemctl): enable $1 in $ROOT"
+            fi
+        fi
+        return 1
+    fi
+    run systemctl daemon-reload
+    [[ $ENABLE -eq 1 ]] || return 1
+    run systemctl enable "$1"
+}
+
+# ---- the summary ----------------------------------------------------------
+# Only what is still left to do: each installer adds a step for what neither
+# its options nor the files already installed provide, then the checks, and
+# prints the numbered list.
+
+NEXT=()
+next_step() { NEXT+=("$1"); }
+
+# provided SRC PATH: given now (an option's file, or installed under
+# --dry-run), or installed before.
+provided() { [[ -n $1 || -e $R$2 ]]; }
+
+print_next() {
+    local i
+    printf '%s: done.\n' "$PROG"
+    [[ ${#NEXT[@]} -gt 0 ]] || return 0
+    printf 'Next:\n'
+    for i in "${!NEXT[@]}"; do
+        printf '  %d. %s\n' "$((i + 1))" "${NEXT[$i]}"
+    done
+}
+# END LIBRARY
+
+# ---- arguments ------------------------------------------------------------
+# All of them are common_arg's: --binary, --ca, --cert, --key, --no-enable,
+# --dry-run, --root, --help.
+
+while [[ $# -gt 0 ]]; do
+    common_arg "$@"
+    shift "$ARG_WORDS"
+done
+
+check_sources
+check_prerequisites
 
 # ---- embedded templates ---------------------------------------------------
 # BEGIN EMBEDDED etc/cis490-receiver.service etc/receiver.toml.example
@@ -203,7 +323,14 @@ StartLimitIntervalSec=5min
 StartLimitBurst=5
 
 [Service]
-Type=exec
+# The receiver says READY=1 (sd_notify) once every listener listens, so
+# `systemctl start/restart` return only then, and fail when it exits first
+# (a config error: exit 78). It also says STOPPING=1 when it drains and keeps
+# a STATUS= line for `systemctl status`. No WatchdogSec=: accept(2) blocks
+# while no lab host uploads, so an idle receiver cannot vouch for its accept
+# loops without being woken on purpose; a loop that fails for good exits,
+# and Restart= below brings it back.
+Type=notify
 ExecStart=/usr/local/bin/cis490-receiver
 User=cis490
 Group=cis490
@@ -241,8 +368,11 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectProc=invisible
 ProcSubset=pid
-# Listens on TCP only; logs go to stderr, so no AF_UNIX.
-RestrictAddressFamilies=AF_INET AF_INET6
+# TCP for the listeners; AF_UNIX for the readiness notification
+# ($NOTIFY_SOCKET is a local datagram socket), and for nss modules should a
+# glibc build be used. (Logs need none: stderr is a socket systemd hands
+# over, not one we create.) Every other family stays refused.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
@@ -340,29 +470,14 @@ CIS490_TEMPLATE_END
 
 # ---- install --------------------------------------------------------------
 
-# The service user: no login, no home of its own beyond the store. On a node
-# that is also a lab host the shipper's installer may have made it already.
-if [[ -z $ROOT ]] && getent passwd "$USER_NAME" >/dev/null; then
-    note "user $USER_NAME exists"
-else
-    run_system useradd --system --user-group --home-dir /var/lib/cis490-receiver \
-        --no-create-home --shell /usr/sbin/nologin \
-        --comment "CIS490 episode receiver" "$USER_NAME"
-fi
+ensure_user /var/lib/cis490-receiver "CIS490 episode receiver"
 
-ensure_system_dir /usr/local/bin
-put_file "$BINARY" /usr/local/bin/$NAME 0755 root:root
-
-# Config and key: readable by the service, writable by root only.
-mkdir_owned /etc/cis490 0750 root:$USER_NAME
-mkdir_owned /etc/cis490/tls 0750 root:$USER_NAME
+install_base
 emit_etc_receiver_toml_example >"$TMP/receiver.toml"
 config_existed=0
 [[ -e $R/etc/cis490/receiver.toml ]] && config_existed=1
 keep_or_put "$TMP/receiver.toml" /etc/cis490/receiver.toml 0640 root:$USER_NAME
-[[ -z $CA_SRC ]] || keep_or_put "$CA_SRC" /etc/cis490/tls/ca.crt 0644 root:root
-[[ -z $CERT_SRC ]] || keep_or_put "$CERT_SRC" /etc/cis490/tls/server.crt 0644 root:root
-[[ -z $KEY_SRC ]] || keep_or_put "$KEY_SRC" /etc/cis490/tls/server.key 0640 root:$USER_NAME
+install_tls server
 
 # The store: the receiver's alone.
 mkdir_owned /var/lib/cis490-receiver 0700 $USER_NAME:$USER_NAME
@@ -371,35 +486,32 @@ ensure_system_dir /etc/systemd/system
 emit_etc_cis490_receiver_service >"$TMP/$NAME.service"
 put_file "$TMP/$NAME.service" /etc/systemd/system/$NAME.service 0644 root:root
 
-if [[ -n $ROOT ]]; then
-    # Offline: systemctl --root only creates the symlinks inside ROOT.
-    if [[ $ENABLE -eq 1 ]]; then
-        if command -v systemctl >/dev/null; then
-            run systemctl --root="$ROOT" --quiet enable $NAME.service
-        else
-            note "skipped (no systemctl): enable $NAME.service in $ROOT"
-        fi
-    fi
-else
-    run systemctl daemon-reload
-    if [[ $ENABLE -eq 1 ]]; then
-        if [[ $config_existed -eq 1 ]]; then
-            # A re-run after an upgrade: pick up the new binary and unit.
-            run systemctl enable $NAME.service
-            run systemctl restart $NAME.service
-        else
-            # The fresh template has no [hosts]: the receiver would refuse to
-            # start until it is edited.
-            run systemctl enable $NAME.service
-        fi
-    fi
+# A re-run after an upgrade picks up the new binary and unit. The fresh
+# template has no [hosts]: the receiver would refuse to start until edited.
+restarted=0
+if enable_unit $NAME.service && [[ $config_existed -eq 1 ]]; then
+    run systemctl restart $NAME.service
+    restarted=1
 fi
 
-cat <<EOF
-$PROG: done.
-Next:
-  1. edit /etc/cis490/receiver.toml (listen, cert_file, key_file, client_ca_file)
-  2. paste each lab host's line from 'pki.sh host ID' under [hosts]
-  3. sudo systemctl restart $NAME && journalctl -u $NAME -n 20
-     (look for "listening on https://...")
-EOF
+# Whether the installed config has a line under [hosts] (the fresh
+# template has only a commented example).
+hosts_configured() {
+    awk '/^\[hosts\]/ { h = 1; next } /^\[/ { h = 0 }
+         h && !/^[[:space:]]*(#|$)/ { found = 1 } END { exit !found }' \
+        "$R/etc/cis490/receiver.toml" 2>/dev/null
+}
+
+provided "$CERT_SRC" /etc/cis490/tls/server.crt ||
+    next_step "put the server certificate and key from 'pki.sh server NAME...' in /etc/cis490/tls/server.crt and server.key (--cert, --key)"
+provided "$CA_SRC" /etc/cis490/tls/ca.crt ||
+    next_step "put the lab CA in /etc/cis490/tls/ca.crt (--ca), or drop client_ca_file from receiver.toml for tokens only"
+hosts_configured ||
+    next_step "paste each lab host's line from 'pki.sh host ID' under [hosts] in /etc/cis490/receiver.toml"
+if [[ $restarted -eq 1 ]]; then
+    next_step "journalctl -u $NAME -n 20    (look for \"listening on https://...\")"
+else
+    next_step "sudo systemctl restart $NAME && journalctl -u $NAME -n 20
+     (look for \"listening on https://...\")"
+fi
+print_next

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod json;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod receiver;
 pub mod shipper;

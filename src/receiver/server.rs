@@ -24,10 +24,14 @@
 //! main thread (see `signal`). It stops the accept loops, lets running
 //! requests finish for a grace period, and returns. An upload cut off by the
 //! grace period leaves only a temp, removed at the next start.
+//!
+//! Under systemd the server says `READY=1` once every listener listens,
+//! `STOPPING=1` when it starts draining, and refreshes a `STATUS=` line
+//! (see `notify`).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ use crate::log::{Level, Throttle};
 use crate::receiver::conn::{self, Env};
 use crate::receiver::slots::{Admitted, Limits, Refusal, Slots, Source, Ticket};
 use crate::receiver::store::Store;
-use crate::{error, exit, fault, info, signal, warn};
+use crate::{error, exit, fault, info, notify, signal, warn};
 
 /// Extra threads that only answer 503 when all connection slots are taken.
 const BUSY_ANSWERERS: usize = 16;
@@ -47,6 +51,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// An accept loop gives up after failing this long (at least; see
 /// `give_up_after`) without starting a single connection thread.
 const GIVE_UP_MIN: Duration = Duration::from_secs(5);
+/// How often systemd's status line (`systemctl status`) is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Refused and evicted connections: an attacker causes them at will.
 static REFUSALS: Throttle = Throttle::new(Duration::from_secs(10));
@@ -63,6 +69,8 @@ pub struct Server {
     busy_answerers: AtomicUsize,
     /// Set at shutdown: accept loops and connections stop taking work.
     stopping: AtomicBool,
+    /// Connections accepted since start, for the status line.
+    accepted: AtomicU64,
 }
 
 /// Why the server could not start (or go on).
@@ -145,7 +153,14 @@ impl Server {
             slots,
             busy_answerers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
         }
+    }
+
+    /// The status line systemd shows.
+    fn status(&self) -> String {
+        let (open, accepted) = (self.slots.count(), self.accepted.load(Ordering::Relaxed));
+        format!("{open} connection(s) open, {accepted} accepted since start")
     }
 
     /// What a connection needs from the server.
@@ -195,12 +210,19 @@ impl Server {
                 .map_err(|e| ServeError::AcceptThread(local, e))?;
             accepters.push(accepter);
         }
+        // systemd (Type=notify): ready now that every listener listens.
+        notify::ready(&server.status());
+        let watched = Arc::clone(&server);
+        notify::status_every(STATUS_EVERY, move || {
+            (!watched.stopping.load(Ordering::SeqCst)).then(|| watched.status())
+        });
         let sig = signal::wait_termination();
         info!(
             "{sig} received: no new connections; waiting up to {}s for running requests",
             SHUTDOWN_GRACE.as_secs()
         );
         server.stopping.store(true, Ordering::SeqCst);
+        notify::stopping(&format!("draining {} connection(s)", server.slots.count()));
         for addr in wake {
             // accept() has no timeout; a connection of our own wakes it.
             let _ = TcpStream::connect_timeout(&wakeup_addr(addr), Duration::from_secs(1));
@@ -332,6 +354,7 @@ fn accept_loop(listener: Listener, server: Arc<Server>) {
                 continue;
             }
         };
+        server.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
         let source = match (&listener.tls, peer) {
