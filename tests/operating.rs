@@ -335,9 +335,18 @@ fn metrics_pass_promtool_and_a_real_node_exporter_scrape() {
 
 #[test]
 fn example_alert_rules_pass_promtool() {
-    assert!(have("promtool"), "promtool not found: apt-get install prometheus");
+    assert!(
+        have("promtool"),
+        "promtool not found: apt-get install prometheus"
+    );
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/cis490.rules.yml");
-    let out = run(Command::new("promtool").args(["check", "rules"]).arg(&rules));
+    let out = run(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(stdout(&out).contains("SUCCESS: 6 rules found"), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("SUCCESS: 6 rules found"),
+        "{}",
+        describe(&out)
+    );
 }
