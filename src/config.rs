@@ -12,11 +12,15 @@
 //!
 //! Reading the files a key points at (certificates, the token) is not this
 //! module's job beyond the token's permission check: `tls` and `auth` do it
-//! and add the path to their own errors.
+//! and add the path to their own errors. How they are opened is:
+//! `open_regular_file` refuses anything but a regular file and never blocks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,10 +62,17 @@ struct Doc {
 
 impl Doc {
     fn load(path: &Path) -> Result<Doc, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let file_err = |message: String| ConfigError {
             path: path.to_owned(),
             key: None,
-            message: format!("cannot read the configuration file: {e}"),
+            message,
+        };
+        let bytes = read_regular_file(path, CONFIG_FILE_MAX)
+            .map_err(|e| file_err(format!("cannot read the configuration file: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            file_err(
+                "cannot read the configuration file: it is not UTF-8 text (TOML is UTF-8)".into(),
+            )
         })?;
         Doc::parse(path, &text)
     }
@@ -142,6 +153,28 @@ impl Doc {
 
     fn required_path(&mut self, key: &str) -> Result<PathBuf, ConfigError> {
         Ok(PathBuf::from(self.required_string(key)?))
+    }
+
+    /// A file a loader reads later (certificate, key, CA). Refused here,
+    /// where the key is known, if it exists and is not a regular file; the
+    /// loader opens it without blocking and checks again, and reports a
+    /// missing or unreadable file with its path.
+    fn file(&mut self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        let path = self.path(key)?;
+        if let Some(p) = &path {
+            if let Ok(meta) = std::fs::metadata(p) {
+                if let Some(kind) = not_regular(&meta.file_type()) {
+                    return Err(self.err(
+                        key,
+                        format!(
+                            "{} is {kind}, not a regular file: name the PEM file itself",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(path)
     }
 
     fn integer(&mut self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -627,6 +660,100 @@ fn check_agreement(
     }
 }
 
+/// Largest configuration file read; ours are a few KiB.
+const CONFIG_FILE_MAX: u64 = 1 << 20;
+
+/// What a file that is not a regular file is, for an error; `None` for a
+/// regular file.
+pub fn not_regular(t: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("a special file")
+    }
+}
+
+fn refuse_irregular(meta: &Metadata) -> io::Result<()> {
+    match not_regular(&meta.file_type()) {
+        None => Ok(()),
+        Some(kind) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file: name the file itself"),
+        )),
+    }
+}
+
+/// Opens a file for reading that the configuration names (a token,
+/// certificate, key or CA file, or the configuration file itself), refusing
+/// anything but a regular file, and never blocking.
+///
+/// Opening a FIFO for reading waits for a writer, forever: a shipper run by
+/// a timer would hang with no message. Opening a device can have effects of
+/// its own (a tape rewinds, a terminal becomes ours). So the type is checked
+/// on the path first (following symlinks, so certbot's links work), and
+/// then the open itself uses O_NONBLOCK (a FIFO open returns at once) and
+/// O_NOCTTY, and the type is checked again on the open descriptor (fstat),
+/// since the path may have been swapped in between. O_NONBLOCK changes
+/// nothing when reading a regular file.
+pub fn open_regular_file(path: &Path) -> io::Result<(File, Metadata)> {
+    refuse_irregular(&std::fs::metadata(path)?)?;
+    open_nonblocking_checked(path)
+}
+
+/// The second half of `open_regular_file`, on its own for a test that swaps
+/// the file after the first check.
+fn open_nonblocking_checked(path: &Path) -> io::Result<(File, Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    refuse_irregular(&meta)?;
+    Ok((file, meta))
+}
+
+/// Reads at most `limit` bytes, and refuses a longer file rather than
+/// reading what no token, PEM or config file is.
+pub fn read_at_most(file: File, limit: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    file.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is larger than {limit} bytes, far more than such a file holds"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// `open_regular_file` and `read_at_most`.
+pub fn read_regular_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_at_most(open_regular_file(path)?.0, limit)
+}
+
+/// Runs `f` on a thread and fails the test if it has not returned within
+/// 10 s: for tests of opens that used to block forever.
+#[cfg(test)]
+pub(crate) fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("still blocked after 10 s")
+}
+
 /// Where the receiver is: `https://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiverUrl {
@@ -725,9 +852,9 @@ impl ShipperConfig {
         let receiver_s = doc.required_string("receiver")?;
         let receiver = ReceiverUrl::parse(&receiver_s)
             .map_err(|e| doc.err("receiver", format!("`{receiver_s}` {e}")))?;
-        let ca_file = doc.path("ca_file")?;
-        let cert = doc.path("cert_file")?;
-        let key = doc.path("key_file")?;
+        let ca_file = doc.file("ca_file")?;
+        let cert = doc.file("cert_file")?;
+        let key = doc.file("key_file")?;
         let client_auth = match (cert, key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -827,8 +954,8 @@ impl ReceiverConfig {
             ));
         }
         let store_dir = doc.required_path("store_dir")?;
-        let cert = doc.path("cert_file")?;
-        let key = doc.path("key_file")?;
+        let cert = doc.file("cert_file")?;
+        let key = doc.file("key_file")?;
         let tls_identity = match (listen.is_some(), cert, key) {
             (_, Some(c), Some(k)) => Some((c, k)),
             (false, None, None) => None,
@@ -840,7 +967,7 @@ impl ReceiverConfig {
                 return Err(doc.err("cert_file", "key_file is set, so cert_file must be set too"))
             }
         };
-        let client_ca_file = doc.path("client_ca_file")?;
+        let client_ca_file = doc.file("client_ca_file")?;
         let max_body_bytes = doc.integer("max_body_bytes", 64 << 30, 1, 1 << 50)?;
         let max_connections = doc.integer("max_connections", 64, 1, 4096)? as usize;
         let head_timeout = doc.seconds("head_timeout_s", 10)?;
@@ -1151,6 +1278,42 @@ mod tests {
         map.insert("a".into(), Toml::Str("x".into()));
         map.insert("c".into(), Toml::Num(1.0));
         assert_eq!(check_agreement(&plain, &map), Err((None, "c".into())));
+    }
+
+    #[test]
+    fn d10_only_regular_files_are_opened_and_never_block() {
+        let dir = std::env::temp_dir().join(format!("cis490-cfg-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let sock = dir.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, "x").unwrap();
+        for (path, kind) in [
+            (&fifo, "a FIFO"),
+            (&sock, "a socket"),
+            (&dir, "a directory"),
+            (&PathBuf::from("/dev/null"), "a character device"),
+        ] {
+            let p = path.clone();
+            let e = within_10s(move || read_regular_file(&p, 10).unwrap_err());
+            assert!(e.to_string().contains(kind), "{}: {e}", path.display());
+        }
+        // Swapped after the path was checked: the open does not block on a
+        // FIFO (O_NONBLOCK) and fstat refuses it.
+        let p = fifo.clone();
+        let e = within_10s(move || open_nonblocking_checked(&p).unwrap_err());
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+        assert_eq!(read_regular_file(&file, 1).unwrap(), b"x");
+        let e = read_regular_file(&file, 0).unwrap_err();
+        assert!(e.to_string().contains("larger than 0 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
