@@ -8,7 +8,8 @@
 //! The TOML is read twice: first by a strict reader of the small part of
 //! TOML these files need, which refuses everything else with the line and
 //! the key, then by nanoserde, whose reading must agree (see
-//! `read_plain_toml` for why).
+//! `read_plain_toml` for why). Directories cis490 fills must be absolute
+//! and no system directory.
 //!
 //! Reading the files a key points at (certificates, the token) is not this
 //! module's job beyond the token's permission check: `tls` and `auth` do it
@@ -153,6 +154,14 @@ impl Doc {
 
     fn required_path(&mut self, key: &str) -> Result<PathBuf, ConfigError> {
         Ok(PathBuf::from(self.required_string(key)?))
+    }
+
+    /// A directory cis490 fills and empties (`data_dir`, `store_dir`):
+    /// absolute, and not a system directory. `example` says what to write.
+    fn required_dir(&mut self, key: &str, example: &str) -> Result<PathBuf, ConfigError> {
+        let dir = self.required_path(key)?;
+        check_own_dir(&dir, example).map_err(|m| self.err(key, m))?;
+        Ok(dir)
     }
 
     /// A file a loader reads later (certificate, key, CA). Refused here,
@@ -754,6 +763,100 @@ pub(crate) fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
         .expect("still blocked after 10 s")
 }
 
+/// Directories that must never be a `data_dir` or `store_dir` themselves
+/// (their subdirectories are fine): the root, the standard top-level
+/// directories, and the shared second-level ones that hold other programs'
+/// state. The shipper creates `episodes/`, `outbox/`, `shipped/` and
+/// `.lock` in its data_dir and moves directories in and out; the receiver
+/// creates a directory per host in its store_dir and, at every start,
+/// deletes `.upload-*` files in each of them. In `/home` that is every
+/// user's home; in `/tmp` anyone can plant a symlink first. Lexical only: a
+/// symlink to `/` is not caught, but the slip this is for is a typo or an
+/// empty variable in a template (`data_dir = "/"`, `"/var"`).
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/var/cache",
+    "/var/lib",
+    "/var/log",
+    "/var/mail",
+    "/var/run",
+    "/var/spool",
+    "/var/tmp",
+];
+
+/// Kernel file systems: nothing of ours belongs anywhere under them.
+const VIRTUAL_TREES: &[&str] = &["/dev", "/proc", "/sys"];
+
+/// Whether `dir` may be a directory of cis490's own (see `SYSTEM_DIRS`).
+/// A relative path is refused: systemd starts services in `/`, so
+/// `data_dir = "data"` would mean `/data`, never what the operator meant.
+fn check_own_dir(dir: &Path, example: &str) -> Result<(), String> {
+    use std::path::Component;
+    let shown = dir.display();
+    if !dir.is_absolute() {
+        return Err(format!(
+            "`{shown}` is a relative path, but the service runs in / (systemd): \
+             write an absolute path such as {example}"
+        ));
+    }
+    // `Path::components` already folds `//`, `/./` and a trailing `/` or `/.`.
+    let mut norm = PathBuf::from("/");
+    for c in dir.components() {
+        match c {
+            Component::Normal(name) => norm.push(name),
+            Component::ParentDir => {
+                return Err(format!(
+                    "`{shown}` contains `..`: write the directory itself, such as {example}"
+                ))
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if let Some(tree) = VIRTUAL_TREES.iter().find(|t| norm.starts_with(t)) {
+        if norm != Path::new(tree) {
+            return Err(format!(
+                "`{shown}` is under {tree}, a kernel file system: \
+                 use a directory of cis490's own, such as {example}"
+            ));
+        }
+    }
+    if SYSTEM_DIRS.iter().any(|d| norm == Path::new(d)) {
+        return Err(format!(
+            "`{shown}` is the system directory {}: cis490 creates, moves and deletes \
+             entries in it, so give it a directory of its own, such as {example}",
+            norm.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Where the receiver is: `https://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiverUrl {
@@ -848,7 +951,7 @@ impl ShipperConfig {
                 format!("`{host_id}` is not a valid id: {}", ids::RULE),
             ));
         }
-        let data_dir = doc.required_path("data_dir")?;
+        let data_dir = doc.required_dir("data_dir", "/var/lib/cis490")?;
         let receiver_s = doc.required_string("receiver")?;
         let receiver = ReceiverUrl::parse(&receiver_s)
             .map_err(|e| doc.err("receiver", format!("`{receiver_s}` {e}")))?;
@@ -953,7 +1056,7 @@ impl ReceiverConfig {
                 "is required (or listen_plain, behind a TLS proxy)",
             ));
         }
-        let store_dir = doc.required_path("store_dir")?;
+        let store_dir = doc.required_dir("store_dir", "/var/lib/cis490-receiver")?;
         let cert = doc.file("cert_file")?;
         let key = doc.file("key_file")?;
         let tls_identity = match (listen.is_some(), cert, key) {
@@ -1278,6 +1381,58 @@ mod tests {
         map.insert("a".into(), Toml::Str("x".into()));
         map.insert("c".into(), Toml::Num(1.0));
         assert_eq!(check_agreement(&plain, &map), Err((None, "c".into())));
+    }
+
+    #[test]
+    fn d10_system_and_relative_dirs_are_refused() {
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/usr",
+            "/usr/",
+            "//usr",
+            "/usr/.",
+            "/./usr",
+            "/var",
+            "/var/lib",
+            "/var/lib/",
+            "/tmp",
+            "/tmp/",
+            "/home",
+            "/etc",
+            "/proc/self",
+            "/sys/fs",
+            "/dev/shm",
+            "/run",
+            "/srv",
+            "/root",
+        ] {
+            let e = check_own_dir(Path::new(bad), "/var/lib/cis490").unwrap_err();
+            assert!(e.contains("/var/lib/cis490"), "{bad}: {e}");
+        }
+        for bad in [
+            "data",
+            "./data",
+            "var/lib/cis490",
+            "",
+            "/var/lib/cis490/../../etc",
+        ] {
+            let e = check_own_dir(Path::new(bad), "/var/lib/cis490").unwrap_err();
+            assert!(e.contains("relative") || e.contains(".."), "{bad}: {e}");
+        }
+        for good in [
+            "/var/lib/cis490",
+            "/var/lib/cis490/",
+            "/var/lib/cis490-receiver",
+            "/srv/cis490/store",
+            "/tmp/cis490-test",
+            "/home/robot/data",
+            "/devices",
+            "/data",
+        ] {
+            assert_eq!(check_own_dir(Path::new(good), "x"), Ok(()), "{good}");
+        }
     }
 
     #[test]
