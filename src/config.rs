@@ -911,6 +911,28 @@ impl ReceiverUrl {
     }
 }
 
+/// The most zstd worker threads a compression level may use, and the
+/// levels that share that limit.
+///
+/// zstd's memory grows with the level (match tables of up to 88 MiB at
+/// level 19) and, with workers, with their number (each has its own tables
+/// and buffers jobs of four windows, 8 to 32 MiB). Peak RSS of the static
+/// shipper packing a 300 MB episode (`/usr/bin/time -v`; the whole table is
+/// in etc/shipper.toml.example) was 697 MiB at level 19 with 4 workers and
+/// 451 MiB at level 15 with 4. These limits keep every accepted setting
+/// under about 290 MiB (highest: level 9 with 4 workers, 267 MiB, 283 MiB
+/// on a 600 MB episode; level 19 with 1, 274 MiB at both sizes); the
+/// default, level 3 on the calling thread, takes 5 MiB. More than 4 workers
+/// is refused at any level: each costs memory (level 3: 126 MiB with 4, 220
+/// MiB with 8), and a lab host's other cores are the robots'.
+fn max_compression_threads(level: i32) -> (u32, &'static str) {
+    match level {
+        ..=9 => (4, "1-9"),
+        10..=16 => (2, "10-16"),
+        _ => (1, "17-19"),
+    }
+}
+
 /// The lab host's configuration (`/etc/cis490/shipper.toml`).
 #[derive(Debug)]
 pub struct ShipperConfig {
@@ -928,8 +950,9 @@ pub struct ShipperConfig {
     pub token: Token,
     /// zstd level, 1-19. Defaults to 3.
     pub compression_level: i32,
-    /// zstd worker threads; 0 compresses on the calling thread. Defaults to 0,
-    /// so the robots keep the other cores.
+    /// zstd worker threads; 0 compresses on the calling thread. At most 4,
+    /// fewer at high levels (`max_compression_threads`). Defaults to 0, so
+    /// the robots keep the other cores.
     pub compression_threads: u32,
     /// Defaults to 10 s.
     pub connect_timeout: Duration,
@@ -972,7 +995,18 @@ impl ShipperConfig {
         let token =
             auth::read_token_file(&token_file).map_err(|e| doc.err("token_file", e.to_string()))?;
         let compression_level = doc.integer("compression_level", 3, 1, 19)? as i32;
-        let compression_threads = doc.integer("compression_threads", 0, 0, 64)? as u32;
+        let compression_threads = doc.integer("compression_threads", 0, 0, 4)? as u32;
+        let (most, levels) = max_compression_threads(compression_level);
+        if compression_threads > most {
+            return Err(doc.err(
+                "compression_threads",
+                format!(
+                    "{compression_threads} worker threads at compression_level {compression_level} \
+                     would let zstd take more memory than a lab host should give (see \
+                     etc/shipper.toml.example): at levels {levels} use at most {most}, or a lower level"
+                ),
+            ));
+        }
         let connect_timeout = doc.seconds("connect_timeout_s", 10)?;
         let io_timeout = doc.seconds("io_timeout_s", 60)?;
         doc.finish(SHIPPER_KEYS)?;
@@ -1469,6 +1503,16 @@ mod tests {
         let e = read_regular_file(&file, 0).unwrap_err();
         assert!(e.to_string().contains("larger than 0 bytes"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn d10_compression_threads_are_bounded_by_level() {
+        let most: Vec<u32> = (1..=19).map(|l| max_compression_threads(l).0).collect();
+        assert_eq!(
+            most,
+            [4, 4, 4, 4, 4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1]
+        );
+        assert_eq!(max_compression_threads(19).1, "17-19");
     }
 
     #[test]
