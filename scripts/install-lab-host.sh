@@ -461,8 +461,10 @@ emit_etc_shipper_toml_example() {
 # /etc/cis490/shipper.toml: configuration of cis490-shipper on a lab host.
 #
 # Installed by scripts/install-lab-host.sh (owner root:cis490, mode 0640: the
-# service reads it and cannot change it). Plain TOML; comments on their own
-# lines. Unknown keys are errors, so a typo never falls back to a default.
+# service reads it and cannot change it). Plain TOML: strings in double
+# quotes, written as they are (no backslash escapes, no single quotes),
+# whole numbers, comments after #. Unknown keys are errors, so a typo never
+# falls back to a default.
 # Check the whole path with:  sudo -u cis490 cis490-shipper --ping
 #
 # Ownership model (see docs/deploy.md):
@@ -484,8 +486,10 @@ emit_etc_shipper_toml_example() {
 host_id = "lab-01"
 
 # Holds episodes/<id>/ (finished when done.marker exists), outbox/, shipped/
-# and the lock file .lock. Required. The systemd unit may write only
-# /var/lib/cis490 (ReadWritePaths=): change both together.
+# and the lock file .lock. Required: an absolute path of its own (/, /var,
+# /var/lib, /tmp, /home and other system directories are refused). The
+# systemd unit may write only /var/lib/cis490 (ReadWritePaths=): change both
+# together.
 data_dir = "/var/lib/cis490"
 
 # The receiver, as https://HOST:PORT (port defaults to 443). HOST is also the
@@ -505,14 +509,41 @@ key_file = "/etc/cis490/tls/host.key"
 
 # File holding this host's bearer token (one line; surrounding whitespace is
 # ignored). Required. The shipper refuses to start if the file is readable by
-# group or others: keep it owner cis490, mode 0600 (or 0400).
+# group or others, or is not a regular file (a FIFO, device or directory):
+# keep it owner cis490, mode 0600 (or 0400).
 token_file = "/etc/cis490/shipper.token"
 
 # zstd compression level, 1 (fast) to 19 (small). Default 3.
 #compression_level = 3
 
 # zstd worker threads; 0 compresses on the shipper's own thread, leaving the
-# other cores to the robot. 0 to 64. Default 0.
+# other cores to the robot. 0 to 4, and at most 2 at levels 10-16 and 1 at
+# levels 17-19, since zstd's memory grows with both. Default 0.
+#
+# Peak memory (RSS) of the shipper packing one 300 MB episode, in MiB, by
+# level and thread count (* refused); a 600 MB one took the same, but level
+# 9 with 4 threads took 283:
+#   level     0     1     2     4
+#     1       3    18    28    33
+#     2       4    34    55    64
+#     3       5    67   108   126
+#     4       6    68   110   131
+#     5       7    61   111   133
+#     6       7    69   111   133
+#     7       9    63   108   143
+#     8       9    63   100   143
+#     9      16   108   166   267
+#    10      26   118   170   307*
+#    11      26   118   186   291*
+#    12      46   138   210   371*
+#    13      38   130   194   339*
+#    14      54   146   226   403*
+#    15      70   162   258   451*
+#    16      38   130   210   339*
+#    17      58   242   354*  579*
+#    18      59   242   375*  581*
+#    19      91   274   419*  697*
+# (static x86_64 build, /usr/bin/time -v; the README says how to repeat it)
 #compression_threads = 0
 
 # Seconds to wait for the TCP connection to the receiver. 1 to 86400.

@@ -404,7 +404,9 @@ emit_etc_receiver_toml_example() {
 # node.
 #
 # Installed by scripts/install-receiver.sh (owner root:cis490, mode 0640).
-# Plain TOML; comments on their own lines. Unknown keys are errors.
+# Plain TOML: strings in double quotes, written as they are (no backslash
+# escapes, no single quotes), whole numbers, comments after #. Unknown keys
+# are errors.
 # The receiver refuses to start without at least one [hosts] line.
 
 # TLS listener, ADDRESS:PORT with an IP address (e.g. 0.0.0.0:8443,
@@ -417,8 +419,10 @@ listen = "0.0.0.0:8443"
 # default none.
 #listen_plain = "127.0.0.1:8080"
 
-# Where episodes are stored. Required. The systemd unit may write only
-# /var/lib/cis490-receiver (ReadWritePaths=): change both together.
+# Where episodes are stored. Required: an absolute path of its own (/, /var,
+# /var/lib, /srv, /tmp, /home and other system directories are refused). The
+# systemd unit may write only /var/lib/cis490-receiver (ReadWritePaths=):
+# change both together.
 store_dir = "/var/lib/cis490-receiver"
 
 # Server certificate chain and private key (PEM, key in PKCS#8), from

@@ -44,11 +44,18 @@ impl Token {
     }
 }
 
+/// Largest token file read: a token is at most 4096 bytes.
+const TOKEN_FILE_MAX: u64 = 64 * 1024;
+
 /// Reads a token file, refusing one that other users could read: a token is
-/// a password for this host's uploads.
+/// a password for this host's uploads. Only a regular file is read, and it
+/// is opened without blocking (`config::open_regular_file`): a FIFO here
+/// once hung the shipper forever. The mode checked is the open file's own
+/// (fstat), so it is the mode of what is read.
 pub fn read_token_file(path: &Path) -> io::Result<Token> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+    let cannot =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
+    let (file, meta) = crate::config::open_regular_file(path).map_err(cannot)?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(io::Error::new(
@@ -61,9 +68,9 @@ pub fn read_token_file(path: &Path) -> io::Result<Token> {
             ),
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
-    Token::new(&text).ok_or_else(|| {
+    let bytes = crate::config::read_at_most(file, TOKEN_FILE_MAX).map_err(cannot)?;
+    let text = std::str::from_utf8(&bytes).unwrap_or("");
+    Token::new(text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -218,6 +225,35 @@ mod tests {
         assert!(!e.to_string().contains("tok\n"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_token_file(&p).unwrap().expose(), "tok");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// D10: a private FIFO passed the permission check and then hung the
+    /// shipper in `read_to_string`; a directory or device got "chmod 600".
+    #[test]
+    fn d10_token_file_must_be_a_regular_file() {
+        let dir = std::env::temp_dir().join(format!("cis490-auth-d10-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for (path, kind) in [
+            (fifo.as_path(), "a FIFO"),
+            (sub.as_path(), "a directory"),
+            (Path::new("/dev/null"), "a character device"),
+        ] {
+            let p = path.to_owned();
+            let e = crate::config::within_10s(move || read_token_file(&p).unwrap_err().to_string());
+            assert!(e.contains(kind), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

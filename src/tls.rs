@@ -4,8 +4,9 @@
 //! TLS 1.2 and 1.3 only (rustls has nothing older), the ring provider chosen
 //! explicitly, no `dangerous()` verifier anywhere, and no key log (rustls
 //! ignores `SSLKEYLOGFILE` unless a `KeyLogFile` is installed; we never do).
-//! PEM is read through `rustls::pki_types::pem::PemObject`, whose errors do
-//! not name the file, so every error here adds the path.
+//! PEM files are opened here (regular files only, never a blocking open)
+//! and parsed from memory by `rustls::pki_types::pem::PemObject`, whose
+//! errors do not name the file, so every error here adds the path.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -51,10 +52,21 @@ fn provider() -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// Largest PEM file read; a large CA bundle is a few hundred KiB.
+const PEM_FILE_MAX: u64 = 4 << 20;
+
+/// The bytes of a PEM file. Opened without blocking and only if it is a
+/// regular file (`config::open_regular_file`): rustls's `pem_file_iter`
+/// opens by path, and a FIFO there hangs the process forever.
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+    crate::config::read_regular_file(path, PEM_FILE_MAX)
+        .map_err(|e| file_err(path, format!("cannot read {what}: {e}")))
+}
+
 /// All certificates in a PEM file; at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(path, format!("cannot read certificates: {}", pem_error(&e))))?
+    let pem = read_pem(path, "certificates")?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(path, format!("invalid PEM: {}", pem_error(&e))))?;
     if certs.is_empty() {
@@ -69,7 +81,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1). The error never
 /// includes key material.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+    let pem = read_pem(path, "the private key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => file_err(
             path,
             "holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
@@ -330,6 +343,62 @@ mod tests {
         let single = cert_with_sans(&["lab-01"]);
         assert!(cert_names_host(&single, "lab-01").is_ok());
         assert!(cert_names_host(&single, "lab_01").is_err());
+    }
+
+    /// D10: `pem_file_iter(path)` opened a FIFO and waited for a writer
+    /// forever; now any PEM file that is not a regular file is refused,
+    /// naming it.
+    #[test]
+    fn d10_pem_files_must_be_regular_files() {
+        let dir = std::env::temp_dir().join(format!("cis490-tls-d10-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.pem");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for path in [fifo.as_path(), dir.as_path()] {
+            let p = path.to_owned();
+            let errors = crate::config::within_10s(move || {
+                [
+                    load_certs(&p).unwrap_err(),
+                    load_key(&p).unwrap_err(),
+                    client_config(Some(&p), None).err().unwrap(),
+                ]
+            });
+            for e in errors {
+                assert_eq!(e.path.as_deref(), Some(path));
+                assert!(e.message.contains("not a regular file"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pem_from_memory_reads_chains_and_keys() {
+        let dir = std::env::temp_dir().join(format!("cis490-tls-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let chain = dir.join("chain.pem");
+        std::fs::write(&chain, format!("{}{}", cert.pem(), cert.pem())).unwrap();
+        assert_eq!(load_certs(&chain).unwrap().len(), 2);
+        let key_file = dir.join("key.pem");
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        assert!(load_key(&key_file).is_ok());
+        assert!(load_key(&chain)
+            .unwrap_err()
+            .message
+            .contains("no PEM private key"));
+        assert!(load_certs(&key_file)
+            .unwrap_err()
+            .message
+            .contains("no PEM certificate"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -348,4 +349,258 @@ fn under_journald_every_line_carries_a_priority() {
         "{}",
         describe(&out)
     );
+}
+
+/// How long a configuration check may take: a config error is reported in
+/// milliseconds; a process still running after this hangs (or, with a
+/// config that should have been refused, serves).
+const PROMPT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `cmd` (in `dir`, so a relative path lands there) with a deadline
+/// and checks exit 78 and that stderr names the file, the key and every
+/// word. Returns what went wrong, so a test reports every case at once.
+fn check_refused(
+    cmd: &mut Command,
+    dir: &Path,
+    cfg: &Path,
+    key: &str,
+    words: &[&str],
+) -> Result<(), String> {
+    let out = try_run_bounded(cmd.current_dir(dir).arg("--config").arg(cfg), PROMPT)?;
+    let err = stderr(&out);
+    if out.status.code() != Some(78) {
+        return Err(format!("not exit 78\n{}", describe(&out)));
+    }
+    if !err.contains(cfg.to_str().unwrap()) {
+        return Err(format!("file not named: {err}"));
+    }
+    if !err.contains(&format!("key `{key}`")) {
+        return Err(format!("key not named: {err}"));
+    }
+    match words.iter().find(|w| !err.contains(*w)) {
+        Some(w) => Err(format!("{w:?} missing: {err}")),
+        None => Ok(()),
+    }
+}
+
+/// D10: values nanoserde would misread, files whose open would hang the
+/// shipper, system or relative data dirs and a zstd setting that costs
+/// hundreds of MB: each is exit 78, promptly, naming the file, the key, the
+/// line where there is one, and what to write instead.
+#[test]
+fn d10_shipper_config_is_read_faithfully_or_refused() {
+    let dir = TempDir::new("cfg-d10-shipper");
+    let (base, token) = shipper_base(dir.path());
+    let data = dir.join("data");
+    let data_line = format!("data_dir = \"{}\"\n", data.display());
+    let token_line = format!("token_file = \"{}\"\n", token.display());
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    // Private, as a token must be: only the open can stop at it now.
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sock = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let pki = TestPki::new(&dir.join("pki"));
+    let id = pki.client("lab-01");
+    let set_data = |v: &str| base.replace(&data_line, &format!("data_dir = {v}\n"));
+    let set_token = |v: &str| base.replace(&token_line, &format!("token_file = {v}\n"));
+    let quoted_token = format!("\"{}\"", token.display());
+    let fifo_s = fifo.display().to_string();
+    let cases: Vec<(String, &str, Vec<&str>)> = vec![
+        // nanoserde: `\t` read as `t`, `\u0020` as `u0020`.
+        (
+            set_data(&format!("\"{}\\tx\"", data.display())),
+            "data_dir",
+            vec!["line 2", "backslash", "write the character itself"],
+        ),
+        (
+            set_data(&format!("\"{}\\u0020x\"", data.display())),
+            "data_dir",
+            vec!["line 2", "backslash", "write the character itself"],
+        ),
+        // nanoserde: "Cannot parse toml tokenizer".
+        (
+            set_token(&format!("'{}'", token.display())),
+            "token_file",
+            vec!["line 4", "single-quoted", "double quotes", &quoted_token],
+        ),
+        // Files that are not regular files; a FIFO used to hang the shipper.
+        (
+            set_token(&format!("\"{fifo_s}\"")),
+            "token_file",
+            vec![&fifo_s, "a FIFO (named pipe), not a regular file"],
+        ),
+        (
+            set_token(&format!("\"{}\"", dir.path().display())),
+            "token_file",
+            vec!["a directory, not a regular file"],
+        ),
+        (
+            set_token("\"/dev/null\""),
+            "token_file",
+            vec!["/dev/null", "a character device, not a regular file"],
+        ),
+        (
+            format!(
+                "{base}cert_file = \"{fifo_s}\"\nkey_file = \"{}\"\n",
+                id.key.display()
+            ),
+            "cert_file",
+            vec![&fifo_s, "a FIFO (named pipe), not a regular file"],
+        ),
+        (
+            format!("{base}ca_file = \"{}\"\n", sock.display()),
+            "ca_file",
+            vec!["a socket, not a regular file"],
+        ),
+        // Directories the shipper must not fill.
+        (
+            set_data("\"/usr/\""),
+            "data_dir",
+            vec!["system directory /usr", "/var/lib/cis490"],
+        ),
+        (
+            set_data("\"//.\""),
+            "data_dir",
+            vec!["system directory /:", "/var/lib/cis490"],
+        ),
+        (
+            set_data("\"data\""),
+            "data_dir",
+            vec!["relative path", "/var/lib/cis490"],
+        ),
+        // Memory: see etc/shipper.toml.example (level 19 with 4 workers
+        // took 697 MiB packing a 300 MB episode).
+        (
+            format!("{base}compression_threads = 8\n"),
+            "compression_threads",
+            vec!["0 to 4"],
+        ),
+        (
+            format!("{base}compression_level = 19\ncompression_threads = 4\n"),
+            "compression_threads",
+            vec!["levels 17-19 use at most 1", "etc/shipper.toml.example"],
+        ),
+        // nanoserde reads 3.0 as 3; TOML says float.
+        (
+            format!("{base}compression_level = 3.0\n"),
+            "compression_level",
+            vec!["whole number"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (text, key, words)) in cases.iter().enumerate() {
+        let cfg = dir.join(&format!("d{i}.toml"));
+        write_file(&cfg, text, 0o644);
+        let mut cmd = Command::new(SHIPPER);
+        cmd.arg("--ping");
+        if let Err(e) = check_refused(&mut cmd, dir.path(), &cfg, key, words) {
+            failures.push(format!("case {i} ({key}): {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// D10: a byte order mark (Windows editors) and CRLF line ends are read as
+/// the plain file they decorate; nanoserde read the BOM as part of the
+/// first key ("host_id is required but missing").
+#[test]
+fn d10_bom_and_crlf_are_read() {
+    let dir = TempDir::new("cfg-d10-bom");
+    let (base, _) = shipper_base(dir.path());
+    for (name, text) in [
+        ("bom", format!("\u{feff}{base}")),
+        ("crlf", base.replace('\n', "\r\n")),
+        (
+            "bom-crlf",
+            format!("\u{feff}{}", base.replace('\n', "\r\n")),
+        ),
+    ] {
+        let cfg = dir.join(&format!("{name}.toml"));
+        write_file(&cfg, &text, 0o644);
+        // Nothing to ship: a pass that loads the config and ends, 0.
+        let out = run_bounded(
+            Command::new(SHIPPER)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--once"),
+            PROMPT,
+        );
+        assert_exit(&out, 0);
+        assert!(stderr(&out).contains("pass done"), "{}", describe(&out));
+    }
+}
+
+/// D10, the receiver: `store_dir = "/"` (it would create a directory per
+/// host in / and delete files in every directory there at each start), and
+/// PEM files that would hang it.
+#[test]
+fn d10_receiver_config_is_read_faithfully_or_refused() {
+    let dir = TempDir::new("cfg-d10-receiver");
+    let pki = TestPki::new(&dir.join("pki"));
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    let fifo_s = fifo.display().to_string();
+    let hosts = format!("[hosts]\n\"lab-01\" = \"{}\"\n", token_hash(TOKEN_A));
+    let store = dir.join("store");
+    let base = format!(
+        "listen = \"127.0.0.1:0\"\nstore_dir = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{hosts}",
+        store.display(),
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_file.display()
+    );
+    let store_line = format!("store_dir = \"{}\"\n", store.display());
+    let cases: Vec<(String, &str, Vec<&str>)> = vec![
+        (
+            base.replace(&store_line, "store_dir = \"/\"\n"),
+            "store_dir",
+            vec!["system directory /:", "/var/lib/cis490-receiver"],
+        ),
+        (
+            base.replace(&store_line, "store_dir = \"/var/\"\n"),
+            "store_dir",
+            vec!["system directory /var", "/var/lib/cis490-receiver"],
+        ),
+        (
+            base.replace(&store_line, "store_dir = \"store\"\n"),
+            "store_dir",
+            vec!["relative path", "/var/lib/cis490-receiver"],
+        ),
+        (
+            // Under the test's dir: today's code creates `.../storeu0020`.
+            base.replace(
+                &store_line,
+                &format!("store_dir = \"{}\\u0020\"\n", store.display()),
+            ),
+            "store_dir",
+            vec!["line 2", "backslash"],
+        ),
+        (
+            base.replace(
+                &pki.server_key.display().to_string(),
+                &fifo.display().to_string(),
+            ),
+            "key_file",
+            vec![&fifo_s, "a FIFO (named pipe), not a regular file"],
+        ),
+        (
+            base.replace(
+                &pki.ca_file.display().to_string(),
+                &fifo.display().to_string(),
+            ),
+            "client_ca_file",
+            vec![&fifo_s, "a FIFO (named pipe), not a regular file"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (text, key, words)) in cases.iter().enumerate() {
+        let cfg = dir.join(&format!("r{i}.toml"));
+        write_file(&cfg, text, 0o644);
+        let mut cmd = Command::new(RECEIVER);
+        if let Err(e) = check_refused(&mut cmd, dir.path(), &cfg, key, words) {
+            failures.push(format!("case {i} ({key}): {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -508,3 +508,56 @@ pub fn write_all(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(bytes).unwrap();
 }
+
+/// Runs a command with stdin closed and a deadline: a process still running
+/// after `limit` is killed (by its PID) and the test fails, so a hang shows
+/// up as a failure instead of a test run that never ends.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    try_run_bounded(cmd, limit).unwrap_or_else(|hang| panic!("{hang}"))
+}
+
+/// `run_bounded`, with a hang returned as an error (after the kill).
+pub fn try_run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap();
+            return Err(format!(
+                "{cmd:?} was still running after {limit:?} and was killed; stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    })
+}
+
+/// A named pipe (FIFO) at `path`, with mkfifo(1).
+pub fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
