@@ -34,6 +34,12 @@ impl Token {
         ok.then(|| Token(s.to_owned()))
     }
 
+    /// A token that was deliberately not read (`ShipperConfig::load_keys`):
+    /// empty, so it can never authenticate anything.
+    pub fn not_read() -> Token {
+        Token(String::new())
+    }
+
     /// For the `Authorization` header only.
     pub fn expose(&self) -> &str {
         &self.0

@@ -294,6 +294,23 @@ impl Space {
     }
 }
 
+/// Whether the running user may create and remove entries in the
+/// directory `path` (`access(2)` with `W_OK | X_OK`: permissions, ACLs and a
+/// read-only mount all count, as they will when the real work runs).
+pub fn writable_dir(path: &Path) -> io::Result<bool> {
+    let c = cstring(path.as_os_str())?;
+    // SAFETY: a NUL-terminated path; access only reads it.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EROFS | libc::EPERM) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// `statvfs(2)` of `path` (std has none).
 pub fn space(path: &Path) -> io::Result<Space> {
     let c = cstring(path.as_os_str())?;

@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod dirfd;
 pub mod exit;

@@ -114,25 +114,6 @@ pub fn status(text: &str) -> String {
     format!("STATUS={}", text.replace(['\n', '\r'], " "))
 }
 
-/// Under systemd, starts a thread that every `period` sends the line
-/// `status` returns, until it returns None. Call it only once SIGTERM is
-/// blocked (the thread inherits the mask; see `signal`). A thread that
-/// cannot start costs only the status line.
-pub fn status_every(period: Duration, status: impl Fn() -> Option<String> + Send + 'static) {
-    if std::env::var_os(VAR).is_none() {
-        return;
-    }
-    let _ = std::thread::Builder::new()
-        .name("notify".to_owned())
-        .spawn(move || loop {
-            std::thread::sleep(period);
-            match status() {
-                Some(text) => notify(&self::status(&text)),
-                None => return,
-            }
-        });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

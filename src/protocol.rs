@@ -298,6 +298,39 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every answer, for counting them (`receiver::report`).
+    pub const ALL: [Status; 21] = [
+        Status::Ok,
+        Status::Present,
+        Status::Stored,
+        Status::BadRequest,
+        Status::DigestMismatch,
+        Status::Unauthorized,
+        Status::Forbidden,
+        Status::NotFound,
+        Status::MethodNotAllowed,
+        Status::Timeout,
+        Status::Conflict,
+        Status::LengthRequired,
+        Status::TooLarge,
+        Status::UriTooLong,
+        Status::ExpectationFailed,
+        Status::HeadTooLarge,
+        Status::Error,
+        Status::NotImplemented,
+        Status::Busy,
+        Status::VersionNotSupported,
+        Status::NoSpace,
+    ];
+
+    /// Its place in `ALL`.
+    pub fn index(self) -> usize {
+        Status::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("ALL lists every status")
+    }
+
     pub const fn code(self) -> u16 {
         match self {
             Status::Ok | Status::Present => 200,

@@ -211,6 +211,41 @@ pub struct CertSummary {
     pub not_after: String,
 }
 
+/// Reads a certificate chain and its private key and checks that they
+/// belong together (`--check-config`). Returns the chain.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| file_err(key, format!("not a usable private key: {e}")))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signing)
+        .keys_match()
+        .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+    Ok(chain)
+}
+
+/// notBefore and notAfter of a DER certificate, seconds since the epoch
+/// (`--check-config`, the expiry warnings and the metrics). `None` if the
+/// structure is unexpected.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (cert_body, _) = der::expect(cert, 0x30)?;
+    let (tbs, _) = der::expect(cert_body, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der::next(rest)?.2; // [0] version
+    }
+    rest = der::next(rest)?.2; // serialNumber
+    rest = der::next(rest)?.2; // signature algorithm
+    rest = der::next(rest)?.2; // issuer
+    let (validity, _) = der::expect(rest, 0x30)?;
+    let (tag_nb, nb, after_nb) = der::next(validity)?;
+    let (tag_na, na, _) = der::next(after_nb)?;
+    Some((
+        der::time_to_unix(tag_nb, nb)?,
+        der::time_to_unix(tag_na, na)?,
+    ))
+}
+
 /// Reads subject and notAfter from a DER certificate with a small DER walker
 /// (webpki does not expose them). `None` if the structure is unexpected; the
 /// ping then just says less.
@@ -293,6 +328,22 @@ mod der {
     }
 
     /// UTCTime (0x17) or GeneralizedTime (0x18) as `YYYY-MM-DD HH:MM:SS UTC`.
+    /// UTCTime or GeneralizedTime (DER: `Z`, seconds present) as seconds
+    /// since the epoch.
+    pub fn time_to_unix(tag: u8, t: &[u8]) -> Option<i64> {
+        let s = std::str::from_utf8(t).ok()?;
+        let (year, rest): (i64, &str) = match tag {
+            0x17 => {
+                let yy: i64 = s.get(..2)?.parse().ok()?;
+                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+            }
+            0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+            _ => return None,
+        };
+        let n = |r: std::ops::Range<usize>| -> Option<u32> { rest.get(r)?.parse().ok() };
+        crate::timefmt::unix_from_civil(year, n(0..2)?, n(2..4)?, n(4..6)?, n(6..8)?, n(8..10)?)
+    }
+
     pub fn time_to_string(tag: u8, t: &[u8]) -> Option<String> {
         let s = std::str::from_utf8(t).ok()?;
         let (year, rest) = match tag {
@@ -407,6 +458,14 @@ mod tests {
         let s = summarize(&c).unwrap();
         assert_eq!(s.subject, "CN=lab-01");
         assert!(s.not_after.starts_with("2031-05-06"), "{}", s.not_after);
+        let (_, not_after) = validity(&c).unwrap();
+        assert_eq!(
+            crate::timefmt::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after as u64)
+            )[..10],
+            *"2031-05-06"
+        );
+        assert!(validity(b"\x30\x03\x02\x01").is_none());
         assert!(summarize(b"\x30\x03\x02\x01").is_none());
         assert!(summarize(&[]).is_none());
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::fs::{names, snapshot, Mtimes};
 use common::lab::Lab;
+use common::ymd_from_now;
 use common::*;
 
 fn days_ago(d: u64) -> SystemTime {
@@ -276,11 +277,13 @@ fn metrics_pass_promtool_and_a_real_node_exporter_scrape() {
             "{tool} not found: apt-get install prometheus prometheus-node-exporter"
         );
     }
-    let lab = Lab::build("op-metrics")
+    let textfile = TempDir::new("op-metrics-textfile");
+    let dir = textfile.path().to_owned();
+    let recv_prom = dir.join("cis490_receiver.prom");
+    let mut lab = Lab::build("op-metrics")
         .shipper_extra("metrics_file = \"METRICS\"\n")
+        .receiver_extra(&format!("metrics_file = \"{}\"\n", recv_prom.display()))
         .start();
-    let dir = lab.dir.join("textfile");
-    fs::create_dir_all(&dir).unwrap();
     let prom = dir.join("cis490_shipper.prom");
     let text = fs::read_to_string(&lab.cfg.config)
         .unwrap()
@@ -299,10 +302,25 @@ fn metrics_pass_promtool_and_a_real_node_exporter_scrape() {
     ] {
         assert!(metrics.contains(want), "{want} missing from\n{metrics}");
     }
-    let check = run(Command::new("sh")
-        .args(["-c", "promtool check metrics < \"$1\"", "sh"])
-        .arg(&prom));
-    assert!(check.status.success(), "promtool: {}", describe(&check));
+    // The receiver writes its file every 10 s and at shutdown.
+    let status = lab.receiver.take().unwrap().stop();
+    assert!(status.success(), "{status:?}");
+    let recv = fs::read_to_string(&recv_prom).unwrap();
+    for want in [
+        "cis490_receiver_answers_total{code=\"201\",status=\"stored\"} 2",
+        "cis490_receiver_episodes{host=\"lab-01\"} 2",
+        "# TYPE cis490_receiver_answers_total counter",
+        "cis490_receiver_store_free_bytes ",
+        "cis490_receiver_certificate_expiry_timestamp_seconds 2051222400",
+    ] {
+        assert!(recv.contains(want), "{want} missing from\n{recv}");
+    }
+    for file in [&prom, &recv_prom] {
+        let check = run(Command::new("sh")
+            .args(["-c", "promtool check metrics < \"$1\"", "sh"])
+            .arg(file));
+        assert!(check.status.success(), "promtool: {}", describe(&check));
+    }
 
     let port = free_port();
     let mut exporter = Command::new("prometheus-node-exporter")
@@ -331,6 +349,10 @@ fn metrics_pass_promtool_and_a_real_node_exporter_scrape() {
         scrape.contains("cis490_shipper_last_pass_episodes{outcome=\"stored\"} 2"),
         "{scrape}"
     );
+    assert!(
+        scrape.contains("cis490_receiver_episodes{host=\"lab-01\"} 2"),
+        "{scrape}"
+    );
 }
 
 #[test]
@@ -346,6 +368,109 @@ fn example_alert_rules_pass_promtool() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         stdout(&out).contains("SUCCESS: 6 rules found"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// `--check-config` lists every problem in one run: a key that does not
+/// match its certificate, a certificate that expired and names another
+/// host, a token others may read.
+#[test]
+fn check_config_lists_every_problem_in_one_run() {
+    let lab = Lab::new("op-check");
+    assert_exit(&shipper(&lab.cfg.config, &["--check-config"]), 0);
+    let stale = lab
+        .pki
+        .client_dated("stale", &["lab-02"], ymd_from_now(-400), ymd_from_now(-2));
+    let other_key = lab.pki.client("lab-03").key;
+    let text = fs::read_to_string(&lab.cfg.config)
+        .unwrap()
+        .replace(
+            lab.ident.cert.to_str().unwrap(),
+            stale.cert.to_str().unwrap(),
+        )
+        .replace(lab.ident.key.to_str().unwrap(), other_key.to_str().unwrap());
+    write_file(&lab.cfg.config, &text, 0o644);
+    let token = lab.dir.join("lab-01.token");
+    set_mode(&token, 0o644);
+    let out = shipper(&lab.cfg.config, &["--check-config"]);
+    assert_exit(&out, 78);
+    let err = stderr(&out);
+    for want in [
+        "key `key_file`",
+        "does not match",
+        "the certificate expired on",
+        "host_id is `lab-01`",
+        "key `token_file`",
+        "chmod 600",
+        "4 problem(s)",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from\n{err}");
+    }
+    // Nothing was written: not even the data_dir's subdirectories.
+    assert!(names(&lab.cfg.data_dir).is_empty());
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A certificate that expires in 5 days: a warning naming the date, exit 0;
+/// and the same warning at the start of a pass, which still ships.
+#[test]
+fn a_certificate_expiring_within_14_days_is_a_warning() {
+    let lab = Lab::new("op-expiring");
+    let soon = ymd_from_now(5);
+    let id = lab
+        .pki
+        .client_dated("soon", &["lab-01"], ymd_from_now(-30), soon);
+    let text = fs::read_to_string(&lab.cfg.config)
+        .unwrap()
+        .replace(lab.ident.cert.to_str().unwrap(), id.cert.to_str().unwrap())
+        .replace(lab.ident.key.to_str().unwrap(), id.key.to_str().unwrap());
+    write_file(&lab.cfg.config, &text, 0o644);
+    let date = format!("{:04}-{:02}-{:02}", soon.0, soon.1, soon.2);
+    let out = shipper(&lab.cfg.config, &["--check-config"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning") && err.contains(&format!("expires on {date}")),
+        "{err}"
+    );
+    lab.episode("ep-1", 30_000, 1);
+    let out = lab.once();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains(&format!("expires on {date}")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn receiver_check_config() {
+    let lab = Lab::new("op-recv-check");
+    let config = lab.dir.join("receiver.toml");
+    let out = run(Command::new(RECEIVER)
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config"));
+    assert_exit(&out, 0);
+    let text = fs::read_to_string(&config).unwrap().replace(
+        lab.pki.server_key.to_str().unwrap(),
+        lab.ident.key.to_str().unwrap(),
+    );
+    let bad = lab.dir.join("bad-receiver.toml");
+    write_file(&bad, &text, 0o644);
+    let out = run(Command::new(RECEIVER)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check-config"));
+    assert_exit(&out, 78);
+    assert!(
+        stderr(&out).contains("does not match"),
         "{}",
         describe(&out)
     );

@@ -184,7 +184,19 @@ const SHIPPER_KEYS: &str =
      keep_shipped_days, min_free_percent, alert_after_hours, metrics_file";
 
 impl ShipperConfig {
+    /// Reads and checks every key, and reads the token.
     pub fn load(path: &Path) -> Result<ShipperConfig, ConfigError> {
+        ShipperConfig::read(path, true)
+    }
+
+    /// Every key, but the token left unread (`Token::not_read`), for
+    /// `--check-config`, which checks the token file on its own so that a
+    /// bad one is one problem in its list, not the end of the check.
+    pub fn load_keys(path: &Path) -> Result<ShipperConfig, ConfigError> {
+        ShipperConfig::read(path, false)
+    }
+
+    fn read(path: &Path, read_token: bool) -> Result<ShipperConfig, ConfigError> {
         let mut doc = Doc::load(path)?;
         let host_id = doc.required_string("host_id")?;
         if !ids::is_valid(&host_id) {
@@ -211,8 +223,11 @@ impl ShipperConfig {
             }
         };
         let token_file = doc.required_path("token_file")?;
-        let token =
-            auth::read_token_file(&token_file).map_err(|e| doc.err("token_file", e.to_string()))?;
+        let token = if read_token {
+            auth::read_token_file(&token_file).map_err(|e| doc.err("token_file", e.to_string()))?
+        } else {
+            Token::not_read()
+        };
         let compression_level = doc.integer("compression_level", 3, 1, 19)? as i32;
         let compression_threads = doc.integer("compression_threads", 0, 0, 4)? as u32;
         let (most, levels) = max_compression_threads(compression_level);
@@ -284,12 +299,14 @@ pub struct ReceiverConfig {
     pub idle_timeout: Duration,
     /// `[hosts]`: host id and the sha256 of its token.
     pub hosts: Vec<(String, TokenHash)>,
+    /// Prometheus text file refreshed every 10 s. Defaults to none.
+    pub metrics_file: Option<PathBuf>,
 }
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
      max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
-     body_timeout_s, idle_timeout_s, [hosts]";
+     body_timeout_s, idle_timeout_s, metrics_file, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -385,6 +402,7 @@ impl ReceiverConfig {
         if hosts.is_empty() {
             return Err(doc.err("hosts", "no hosts configured: add a [hosts] table with `\"HOST_ID\" = \"<sha256 of token>\"`"));
         }
+        let metrics_file = doc.path("metrics_file")?;
         doc.finish(RECEIVER_KEYS)?;
         Ok(ReceiverConfig {
             path: path.to_owned(),
@@ -400,6 +418,7 @@ impl ReceiverConfig {
             body_timeout,
             idle_timeout,
             hosts,
+            metrics_file,
         })
     }
 }

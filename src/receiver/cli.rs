@@ -18,9 +18,12 @@ cis490-receiver: store episode uploads from cis490-shipper, atomically and exact
 
 USAGE:
     cis490-receiver [--config PATH]
+    cis490-receiver [--config PATH] --check-config
 
 OPTIONS:
     --config PATH   configuration file [default: /etc/cis490/receiver.toml]
+    --check-config  check the configuration and the files it names, offline;
+                    list every problem (exit 78) or none (exit 0)
     -h, --help      print this help
     -V, --version   print the version
 
@@ -44,6 +47,7 @@ CONFIGURATION (TOML; unknown keys are errors):
     head_timeout_s    total time for a handshake or request head [default: 10]
     body_timeout_s    per body read and answer write [default: 60]
     idle_timeout_s    keep-alive wait for the next request [default: 30]
+    metrics_file      Prometheus text file refreshed every 10 s [default: none]
     [hosts]           \"HOST_ID\" = \"<sha256 of its token, lowercase hex>\"
 
 EXIT CODES:
@@ -55,21 +59,28 @@ enum Command {
     Help,
     Version,
     Serve { config: PathBuf },
+    Check { config: PathBuf },
 }
 
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
     let mut config = PathBuf::from(RECEIVER_DEFAULT_PATH);
+    let mut check = false;
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Long("config") => config = parser.value()?.into(),
+            Long("check-config") => check = true,
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Serve { config })
+    Ok(if check {
+        Command::Check { config }
+    } else {
+        Command::Serve { config }
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -91,6 +102,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::OK);
         }
         Command::Serve { config } => config,
+        Command::Check { config } => return ExitCode::from(crate::check::receiver(&config)),
     };
     let config = match ReceiverConfig::load(&config) {
         Ok(c) => c,

@@ -43,6 +43,7 @@ use crate::receiver::admit::{self, Admitted, AfterLookup, CertCheck, Facts, Put,
 use crate::receiver::answer::{self, Answer, Next};
 use crate::receiver::body::{self, BodyReader, CopyError, Cut};
 use crate::receiver::deadline::DeadlineStream;
+use crate::receiver::report::Counters;
 use crate::receiver::slots::Ticket;
 use crate::receiver::store::{Store, StoreError};
 use crate::receiver::stream::{self, is_timeout, HandshakeError, Stream};
@@ -61,6 +62,8 @@ pub struct Env<'a> {
     pub store: &'a Store,
     /// Set at shutdown: finish the request under way, start no other.
     pub stopping: &'a AtomicBool,
+    /// Answers by status, for the metrics.
+    pub counters: &'a Counters,
 }
 
 /// Serves one connection from a listener whose TLS configuration is `tls`
@@ -233,6 +236,7 @@ impl Conn<'_> {
         keep_alive: bool,
     ) -> Next {
         let status = answer.status();
+        self.env.counters.answered(status);
         let (bytes, consumed) = match body {
             BodyRead::Unread => (0, false),
             BodyRead::Partly(n) => (n, false),
@@ -466,10 +470,12 @@ mod tests {
                         panic!("no slot for the test's connection")
                     };
                     let ticket = Ticket::new(&self.slots, id);
+                    let counters = Counters::default();
                     let env = Env {
                         config: &self.config,
                         store: &self.store,
                         stopping: &self.stopping,
+                        counters: &counters,
                     };
                     serve(tcp, None, &env, &ticket);
                 });

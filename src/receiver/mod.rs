@@ -14,6 +14,7 @@
 //! - `stream`: TLS or plain over the socket; handshake, lingering close.
 //! - `deadline`: bounds every socket read and write of a connection.
 //! - `store`: the files.
+//! - `report`: answers counted, the metrics file, the certificate's expiry.
 
 pub mod admit;
 pub mod answer;
@@ -21,6 +22,7 @@ pub mod body;
 pub mod cli;
 pub mod conn;
 pub mod deadline;
+pub mod report;
 pub mod server;
 pub mod slots;
 pub mod store;

@@ -33,13 +33,15 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::ServerConfig;
 
 use crate::config::ReceiverConfig;
 use crate::log::{Level, Throttle};
+use crate::protocol::Status;
 use crate::receiver::conn::{self, Env};
+use crate::receiver::report::{self, Counters};
 use crate::receiver::slots::{Admitted, Limits, Refusal, Slots, Source, Ticket};
 use crate::receiver::store::Store;
 use crate::{error, exit, fault, info, notify, signal, warn};
@@ -51,8 +53,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// An accept loop gives up after failing this long (at least; see
 /// `give_up_after`) without starting a single connection thread.
 const GIVE_UP_MIN: Duration = Duration::from_secs(5);
-/// How often systemd's status line (`systemctl status`) is refreshed.
-const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Refused and evicted connections: an attacker causes them at will.
 static REFUSALS: Throttle = Throttle::new(Duration::from_secs(10));
@@ -71,6 +71,9 @@ pub struct Server {
     stopping: AtomicBool,
     /// Connections accepted since start, for the status line.
     accepted: AtomicU64,
+    /// Answers by status, for the metrics.
+    counters: Counters,
+    started: SystemTime,
 }
 
 /// Why the server could not start (or go on).
@@ -154,13 +157,29 @@ impl Server {
             busy_answerers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            counters: Counters::default(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// What the metrics report, now.
+    fn facts(&self) -> report::Facts<'_> {
+        report::Facts {
+            config: &self.config,
+            counters: &self.counters,
+            open_connections: self.slots.count(),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            started: self.started,
         }
     }
 
     /// The status line systemd shows.
     fn status(&self) -> String {
         let (open, accepted) = (self.slots.count(), self.accepted.load(Ordering::Relaxed));
-        format!("{open} connection(s) open, {accepted} accepted since start")
+        let stored = self.counters.count(Status::Stored);
+        format!(
+            "{open} connection(s) open, {accepted} accepted, {stored} upload(s) stored since start"
+        )
     }
 
     /// What a connection needs from the server.
@@ -169,6 +188,7 @@ impl Server {
             config: &self.config,
             store: &self.store,
             stopping: &self.stopping,
+            counters: &self.counters,
         }
     }
 
@@ -212,10 +232,27 @@ impl Server {
         }
         // systemd (Type=notify): ready now that every listener listens.
         notify::ready(&server.status());
+        report::check_certificate(&server.config);
+        report::write_metrics(&server.facts());
         let watched = Arc::clone(&server);
-        notify::status_every(STATUS_EVERY, move || {
-            (!watched.stopping.load(Ordering::SeqCst)).then(|| watched.status())
-        });
+        // Housekeeping: the metrics file, systemd's status line, the daily
+        // certificate check. A thread that cannot start costs only these.
+        let _ = std::thread::Builder::new()
+            .name("housekeeping".to_owned())
+            .spawn(move || {
+                let mut daily = report::Daily::new();
+                loop {
+                    std::thread::sleep(report::REFRESH_EVERY);
+                    if watched.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    notify::notify(&notify::status(&watched.status()));
+                    report::write_metrics(&watched.facts());
+                    if daily.due() {
+                        report::check_certificate(&watched.config);
+                    }
+                }
+            });
         let sig = signal::wait_termination();
         info!(
             "{sig} received: no new connections; waiting up to {}s for running requests",
@@ -240,6 +277,7 @@ impl Server {
                 "stopping with {left} connection(s) still open; unfinished uploads are discarded"
             );
         }
+        report::write_metrics(&server.facts());
         info!("stopped");
         Ok(())
     }
@@ -450,6 +488,7 @@ fn answer_busy(
         let tls = tls.clone();
         let spawned = spawn(move || {
             let _slot = Slot(&for_thread.busy_answerers);
+            for_thread.counters.answered(Status::Busy);
             conn::answer_busy(stream, tls.as_ref(), for_thread.config.head_timeout);
         });
         if let Err(e) = spawned {

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::config::{ShipperConfig, SHIPPER_DEFAULT_PATH};
-use crate::shipper::{check, dryrun, endpoint, ping, queue, status};
-use crate::{error, exit};
+use crate::shipper::{dryrun, endpoint, ping, queue, status};
+use crate::{error, exit, warn};
 
 const HELP: &str = "\
 cis490-shipper: ship finished robot-lab episodes to the central receiver
@@ -155,7 +155,7 @@ fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
         }
     };
     if mode == Mode::CheckConfig {
-        return check::shipper(&config, &mut std::io::stderr());
+        return crate::check::shipper(&config);
     }
     let cfg = match ShipperConfig::load(&config) {
         Ok(c) => c,
@@ -191,7 +191,12 @@ fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
     match mode {
         Mode::Ping => ping::run(&cfg, &ep, &mut std::io::stdout()),
         _ => {
-            check::warn_expiring(&cfg);
+            if let Some((cert, _)) = &cfg.client_auth {
+                let fix = format!("issue a new one: scripts/pki.sh host {}", cfg.host_id);
+                if let Some(w) = crate::check::expiring_warning(cert, &fix) {
+                    warn!("{w}");
+                }
+            }
             match queue::run_once(&cfg, &ep) {
                 Ok(None) => exit::OK,
                 Ok(Some(summary)) => summary.exit_code(),

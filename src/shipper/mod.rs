@@ -11,7 +11,6 @@
 //!   by descriptor and fingerprints it; `pack` turns it into a tar.zst while
 //!   hashing; `progress` draws a live line on a terminal.
 
-pub mod check;
 pub mod cli;
 pub mod client;
 pub mod dryrun;

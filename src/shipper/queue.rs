@@ -20,7 +20,6 @@ use crate::config::ShipperConfig;
 use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::hashing::to_hex;
 use crate::protocol;
-use crate::shipper::check;
 use crate::shipper::client::{ClientError, Endpoint, Response, Session};
 use crate::shipper::outbox::{Dirs, Record};
 use crate::shipper::pack::PackOptions;
@@ -235,7 +234,11 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
     );
     if let Some(path) = &cfg.metrics_file {
         let report = status::gather(&cfg.host_id, &cfg.data_dir, SystemTime::now());
-        if let Err(e) = report.metrics(check::client_cert_expiry(cfg)).write(path) {
+        let expiry = cfg
+            .client_auth
+            .as_ref()
+            .and_then(|(c, _)| crate::check::expiry(c));
+        if let Err(e) = report.metrics(expiry).write(path) {
             warn!("cannot write metrics_file {}: {e}", path.display());
         }
     }

@@ -106,6 +106,36 @@ fn make_ca(name: &str) -> Ca {
 }
 
 fn leaf(ca: &Ca, sans: &[&str], cn: &str, client: bool) -> (String, String) {
+    leaf_dated(ca, sans, cn, client, (2025, 1, 1), (2035, 1, 1))
+}
+
+/// A date as (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
+/// (year, month, day) `days` from today (negative: ago), UTC.
+pub fn ymd_from_now(days: i64) -> Ymd {
+    let t = std::time::SystemTime::now();
+    let t = if days >= 0 {
+        t + Duration::from_secs(days as u64 * 86_400)
+    } else {
+        t - Duration::from_secs((-days) as u64 * 86_400)
+    };
+    let s = cis490::timefmt::rfc3339(t);
+    (
+        s[0..4].parse().unwrap(),
+        s[5..7].parse().unwrap(),
+        s[8..10].parse().unwrap(),
+    )
+}
+
+fn leaf_dated(
+    ca: &Ca,
+    sans: &[&str],
+    cn: &str,
+    client: bool,
+    not_before: Ymd,
+    not_after: Ymd,
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut p =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
@@ -116,8 +146,8 @@ fn leaf(ca: &Ca, sans: &[&str], cn: &str, client: bool) -> (String, String) {
         ExtendedKeyUsagePurpose::ServerAuth
     }];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.not_before = rcgen::date_time_ymd(2025, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    p.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    p.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -178,6 +208,20 @@ impl TestPki {
         self.write_pair(
             &format!("client-{host_id}"),
             leaf(&self.ca, &[host_id], host_id, true),
+        )
+    }
+
+    /// A client certificate from the lab CA valid between two dates.
+    pub fn client_dated(
+        &self,
+        name: &str,
+        sans: &[&str],
+        not_before: Ymd,
+        not_after: Ymd,
+    ) -> Identity {
+        self.write_pair(
+            name,
+            leaf_dated(&self.ca, sans, name, true, not_before, not_after),
         )
     }
 

@@ -1,0 +1,213 @@
+//! What the receiver says about itself: answers counted by status, the
+//! metrics file (`metrics_file`, refreshed every 10 s and at shutdown), and
+//! the daily check of its own certificate's expiry.
+//!
+//! The counts live in memory and start at zero with the process (Prometheus
+//! counters: `rate()` copes with the reset). What is stored per host is read
+//! from the store itself on every refresh, so it is right after a restart
+//! and counts what an operator moved in or out by hand.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::check;
+use crate::config::ReceiverConfig;
+use crate::dirfd;
+use crate::ids;
+use crate::metrics::{Kind, Metrics};
+use crate::protocol::Status;
+use crate::shipper::state::unix;
+use crate::warn;
+
+/// How often the metrics file is rewritten.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How often the certificate's expiry is checked (besides at start).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(86_400);
+
+/// Answers sent since start, by status.
+pub struct Counters {
+    answers: [AtomicU64; Status::ALL.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            answers: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Counters {
+    pub fn answered(&self, s: Status) {
+        self.answers[s.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, s: Status) -> u64 {
+        self.answers[s.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Episodes and bytes stored per host, from the store itself.
+fn stored_per_host(store_dir: &Path) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for host in fs::read_dir(store_dir).into_iter().flatten().flatten() {
+        let name = host.file_name().to_string_lossy().into_owned();
+        if !ids::is_valid(&name) || !host.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        for f in fs::read_dir(host.path()).into_iter().flatten().flatten() {
+            let f_name = f.file_name();
+            let f_name = f_name.to_string_lossy();
+            if let Some(id) = f_name.strip_suffix(".tar.zst") {
+                if ids::is_valid(id) {
+                    n += 1;
+                    bytes += f.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
+        out.push((name, n, bytes));
+    }
+    out.sort();
+    out
+}
+
+/// What the metrics say, as of now.
+pub struct Facts<'a> {
+    pub config: &'a ReceiverConfig,
+    pub counters: &'a Counters,
+    pub open_connections: usize,
+    pub accepted: u64,
+    pub started: SystemTime,
+}
+
+pub fn metrics(f: &Facts<'_>) -> Metrics {
+    let mut m = Metrics::new();
+    m.single(
+        "cis490_receiver_start_time_seconds",
+        Kind::Gauge,
+        "When this receiver started, seconds since the epoch.",
+        unix(f.started) as f64,
+    );
+    let name = "cis490_receiver_answers_total";
+    m.family(
+        name,
+        Kind::Counter,
+        "Answers sent since start, by HTTP code and status word.",
+    );
+    for s in Status::ALL {
+        let code = s.code().to_string();
+        m.sample(
+            name,
+            &[("code", &code), ("status", s.word())],
+            f.counters.count(s) as f64,
+        );
+    }
+    m.single(
+        "cis490_receiver_connections",
+        Kind::Gauge,
+        "Connections open now.",
+        f.open_connections as f64,
+    )
+    .single(
+        "cis490_receiver_connections_accepted_total",
+        Kind::Counter,
+        "Connections accepted since start.",
+        f.accepted as f64,
+    );
+    let stored = stored_per_host(&f.config.store_dir);
+    m.family(
+        "cis490_receiver_episodes",
+        Kind::Gauge,
+        "Episodes stored, by host.",
+    );
+    for (host, n, _) in &stored {
+        m.sample("cis490_receiver_episodes", &[("host", host)], *n as f64);
+    }
+    m.family(
+        "cis490_receiver_stored_bytes",
+        Kind::Gauge,
+        "Bytes of the tarballs stored, by host.",
+    );
+    for (host, _, bytes) in &stored {
+        m.sample(
+            "cis490_receiver_stored_bytes",
+            &[("host", host)],
+            *bytes as f64,
+        );
+    }
+    if let Ok(space) = dirfd::space(&f.config.store_dir) {
+        m.single(
+            "cis490_receiver_store_free_bytes",
+            Kind::Gauge,
+            "Bytes free for the receiver in store_dir's file system.",
+            space.available as f64,
+        )
+        .single(
+            "cis490_receiver_store_size_bytes",
+            Kind::Gauge,
+            "Size of store_dir's file system.",
+            space.total as f64,
+        );
+    }
+    if let Some(t) = f
+        .config
+        .tls_identity
+        .as_ref()
+        .and_then(|(cert, _)| check::expiry(cert))
+    {
+        m.single(
+            "cis490_receiver_certificate_expiry_timestamp_seconds",
+            Kind::Gauge,
+            "notAfter of the receiver's certificate, seconds since the epoch.",
+            t as f64,
+        );
+    }
+    m
+}
+
+/// Writes the metrics file, if one is configured; a failure is logged.
+pub fn write_metrics(f: &Facts<'_>) {
+    if let Some(path) = &f.config.metrics_file {
+        if let Err(e) = metrics(f).write(path) {
+            warn!("cannot write metrics_file {}: {e}", path.display());
+        }
+    }
+}
+
+/// Warns when the receiver's certificate expires within 14 days.
+pub fn check_certificate(config: &ReceiverConfig) {
+    if let Some((cert, _)) = &config.tls_identity {
+        if let Some(w) =
+            check::expiring_warning(cert, "issue a new one: scripts/pki.sh server NAME")
+        {
+            warn!("{w}");
+        }
+    }
+}
+
+/// Whether the daily certificate check is due (and, if so, restarts its clock).
+pub struct Daily(Instant);
+
+impl Daily {
+    pub fn new() -> Daily {
+        Daily(Instant::now())
+    }
+
+    pub fn due(&mut self) -> bool {
+        if self.0.elapsed() >= CERT_CHECK_EVERY {
+            self.0 = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for Daily {
+    fn default() -> Daily {
+        Daily::new()
+    }
+}
