@@ -566,6 +566,39 @@ if [[ -n $RECORDER_USER ]]; then
     run_system usermod --append --groups "$USER_NAME" "$RECORDER_USER"
 fi
 
+# ---- the Python shipper, if this host ran it --------------------------------
+# It ran from /opt/cis490 as a daemon (a cis490-shipper.service that is not
+# Type=oneshot) next to a cis490-orchestrator.service. Left running, it and
+# the timer would ship the same episodes: stop and disable it before the
+# timer exists. Its code stays where it is; docs/migrating.md says what
+# becomes of what it left in data/.
+old_unit=$R/etc/systemd/system/$NAME.service
+python_found=()
+python_units=()
+if [[ -f $old_unit ]] && ! grep -q '^Type=oneshot' "$old_unit"; then
+    python_found+=("$NAME.service (a daemon, not Type=oneshot)")
+    python_units+=("$NAME.service")
+fi
+if [[ -f $R/etc/systemd/system/cis490-orchestrator.service ]]; then
+    python_found+=(cis490-orchestrator.service)
+    python_units+=(cis490-orchestrator.service)
+fi
+[[ -d $R/opt/cis490 ]] && python_found+=(/opt/cis490)
+if [[ ${#python_found[@]} -gt 0 ]]; then
+    note "found the Python shipper: ${python_found[*]}; stopping and disabling its units before installing the timer"
+    for unit in "${python_units[@]}"; do
+        if [[ -n $ROOT ]]; then
+            if command -v systemctl >/dev/null; then
+                run systemctl --root="$ROOT" --quiet disable "$unit"
+            else
+                note "skipped (no systemctl): disable $unit in $ROOT"
+            fi
+        else
+            run systemctl disable --now "$unit"
+        fi
+    done
+fi
+
 install_base
 emit_etc_shipper_toml_example >"$TMP/shipper.toml"
 config_existed=0
@@ -635,6 +668,9 @@ provided "$TOKEN_SRC" /etc/cis490/shipper.token ||
     next_step "put the token in /etc/cis490/shipper.token (owner $USER_NAME, mode 0600; --token)"
 if [[ -z $RECORDER_USER ]] && ! group_has_members; then
     next_step "add the recorder's user to group $USER_NAME (--recorder-user USER), unless it runs as $USER_NAME"
+fi
+if [[ ${#python_found[@]} -gt 0 ]]; then
+    next_step "once this shipper works, remove the Python one: sudo rm -rf /opt/cis490 /etc/systemd/system/cis490-orchestrator.service && sudo systemctl daemon-reload (docs/migrating.md)"
 fi
 next_step "sudo -u $USER_NAME $NAME --ping"
 [[ $timer_started -eq 1 ]] ||

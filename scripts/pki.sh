@@ -29,6 +29,10 @@ Commands:
                     and IP addresses (replaces server.crt/.key)
   host HOST_ID      issue HOST_ID's client certificate and token, and print
                     the line for the receiver's [hosts] table
+  hash-token FILE [HOST_ID]
+                    print the [hosts] line for a token a host already has
+                    (e.g. from the Python shipper); HOST_ID defaults to the
+                    file name without .token
 
 Options:
   --dir DIR         where the PKI lives (default ./pki)
@@ -189,8 +193,28 @@ EOF
     printf '"%s" = "%s"\n' "$id" "$hash"
 }
 
+# hash-token FILE [HOST_ID]: the [hosts] line for an existing token. The
+# receiver hashes the token as the shipper sends it: the file's content with
+# surrounding whitespace trimmed (src/auth.rs, Token::new).
+cmd_hash_token() {
+    [[ $# -ge 1 && $# -le 2 ]] || die "hash-token takes FILE [HOST_ID]"
+    local file=$1 id token
+    [[ -f $file ]] || die "$file: not a regular file"
+    id=${2:-$(basename "$file" .token)}
+    valid_host_id "$id" || die "'$id' is not a valid host id (give it as the second argument)"
+    token=$(<"$file")
+    # Surrounding whitespace only, as the shipper trims it.
+    token=${token#"${token%%[![:space:]]*}"}
+    token=${token%"${token##*[![:space:]]}"}
+    [[ -n $token ]] || die "$file holds no token"
+    [[ $token =~ ^[A-Za-z0-9._~+/=-]+$ ]] ||
+        die "$file: a token is one word of letters, digits and -._~+/= (the shipper refuses anything else)"
+    printf '"%s" = "%s"\n' "$id" "$(printf '%s' "$token" | openssl dgst -sha256 -r | cut -d' ' -f1)"
+}
+
 case $CMD in
     init) cmd_init "$@" ;;
+    hash-token) cmd_hash_token "$@" ;;
     server) cmd_server "$@" ;;
     host) cmd_host "$@" ;;
     *) die "unknown command '$CMD' (see --help)" ;;

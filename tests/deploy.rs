@@ -761,3 +761,78 @@ fn pki_certificates_work_end_to_end() {
     );
     drop(receiver);
 }
+
+/// `pki.sh hash-token` gives the same `[hosts]` line as `pki.sh host` for
+/// the token it made (a host migrating from the Python shipper keeps its
+/// token this way), and refuses what the shipper would refuse.
+#[test]
+fn pki_hash_token_matches_the_host_line() {
+    let tmp = TempDir::new("hash-token");
+    let pki = make_pki(tmp.path(), &["lab-01"]);
+    let mut c = script("pki.sh");
+    c.arg("hash-token").arg(pki.dir.join("hosts/lab-01.token"));
+    let out = run_ok(&mut c);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), pki.lines[0]);
+    let spaced = tmp.path().join("old.token");
+    write(&spaced, "two words\n");
+    let mut c = script("pki.sh");
+    c.arg("hash-token").arg(&spaced).arg("lab-01");
+    assert!(!output(&mut c).status.success());
+}
+
+/// A lab host that ran the Python shipper: its daemon and orchestrator are
+/// disabled before the timer is installed (else both would ship), it says
+/// so, and /opt/cis490 stays, with the command to remove it.
+#[test]
+fn lab_installer_retires_the_python_shipper() {
+    if !have("systemctl") {
+        eprintln!("SKIPPED: no systemctl to enable/disable units under --root");
+        return;
+    }
+    let inst = &INSTALLERS[0];
+    let tmp = TempDir::new("python");
+    let (root, src) = (tmp.path().join("root"), tmp.path().join("src"));
+    let units = root.join("etc/systemd/system");
+    let wants = units.join("multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    fs::create_dir_all(root.join("opt/cis490/venv")).unwrap();
+    write(
+        &units.join("cis490-shipper.service"),
+        "[Unit]\nDescription=CIS490 shipper (Python)\n[Service]\nType=simple\n\
+         ExecStart=/opt/cis490/venv/bin/python -m shipper\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    write(
+        &units.join("cis490-orchestrator.service"),
+        "[Unit]\nDescription=CIS490 orchestrator\n[Service]\nExecStart=/opt/cis490/venv/bin/python -m orchestrator\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/cis490-shipper.service",
+        wants.join("cis490-shipper.service"),
+    )
+    .unwrap();
+    fs::create_dir_all(&src).unwrap();
+    inst.sources(&src, "one");
+    let out = run_ok(&mut inst.command(&root, &src));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("found the Python shipper")
+            && text.contains("cis490-orchestrator.service")
+            && text.contains("/opt/cis490"),
+        "{text}"
+    );
+    assert!(
+        fs::symlink_metadata(wants.join("cis490-shipper.service")).is_err(),
+        "the old daemon is still enabled"
+    );
+    let unit = read(&units.join("cis490-shipper.service"));
+    assert!(unit.contains("Type=oneshot"), "{unit}");
+    assert!(
+        root.join("opt/cis490/venv").is_dir(),
+        "/opt/cis490 was removed"
+    );
+    assert!(text.contains("sudo rm -rf /opt/cis490"), "{text}");
+    // Run again: nothing more to disable, the new service is left alone.
+    let out = run_ok(&mut inst.command(&root, &src));
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert!(!again.contains("disable cis490-shipper.service"), "{again}");
+}

@@ -475,3 +475,49 @@ fn receiver_check_config() {
         describe(&out)
     );
 }
+
+/// Under journald, severity follows the exit class: what ends in 75 (the
+/// receiver down, busy, full; a timeout) is a warning, never an error, so
+/// `journalctl -p err` stays quiet on every tick of a unit that succeeds;
+/// what needs a human (65, 77, 69 by escalation) is an error.
+#[test]
+fn log_severity_follows_the_exit_class() {
+    let journal = [("JOURNAL_STREAM", "8:12345")];
+    let priorities = |err: &str| -> Vec<u8> {
+        err.lines()
+            .map(|l| {
+                assert!(l.starts_with('<') && l.as_bytes()[2] == b'>', "{l:?}");
+                l.as_bytes()[1] - b'0'
+            })
+            .collect()
+    };
+    let lab = Lab::new("op-severity");
+    lab.episode("ep-1", 30_000, 1);
+    // 75: the receiver is down.
+    let port = lab.receiver().https.unwrap().port();
+    let dead = lab.variant("dead", &format!(":{port}\""), &format!(":{}\"", port + 1));
+    let out = shipper_env(&dead, &["--once"], &journal);
+    assert_exit(&out, 75);
+    let p = priorities(&stderr(&out));
+    assert!(
+        p.contains(&4) && !p.contains(&3),
+        "75 logs no error: {}",
+        stderr(&out)
+    );
+    // 65: a conflict.
+    fs::create_dir_all(lab.host_dir()).unwrap();
+    fs::write(lab.host_dir().join("ep-1.tar.zst"), b"other bytes").unwrap();
+    let out = lab.once_env(&journal);
+    assert_exit(&out, 65);
+    assert!(priorities(&stderr(&out)).contains(&3), "{}", describe(&out));
+    // 77: credentials refused.
+    let wrong = lab.dir.join("wrong.token");
+    write_file(&wrong, "not-the-token\n", 0o600);
+    let token = lab.dir.join("lab-01.token");
+    let bad = lab.variant("badtoken", token.to_str().unwrap(), wrong.to_str().unwrap());
+    fs::remove_file(lab.data("outbox/ep-1.conflict")).unwrap();
+    fs::remove_file(lab.host_dir().join("ep-1.tar.zst")).unwrap();
+    let out = shipper_env(&bad, &["--once"], &journal);
+    assert_exit(&out, 77);
+    assert!(priorities(&stderr(&out)).contains(&3), "{}", describe(&out));
+}
