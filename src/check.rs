@@ -65,8 +65,8 @@ pub enum Validity {
 /// Judges a leaf certificate's validity at `now`.
 pub fn validity_at(cert: &[u8], now: SystemTime) -> Option<Validity> {
     let (not_before, not_after) = tls::validity(cert)?;
-    let now = crate::shipper::state::unix(now) as i64;
-    let date = |t: i64| timefmt::rfc3339(crate::shipper::state::from_unix(t.max(0) as u64));
+    let now = crate::timefmt::unix(now) as i64;
+    let date = |t: i64| timefmt::rfc3339(crate::timefmt::from_unix(t.max(0) as u64));
     Some(if now < not_before {
         Validity::NotYet(date(not_before))
     } else if now > not_after {
@@ -252,7 +252,7 @@ mod tests {
 
     fn at(y: i64, m: u32, d: u32) -> SystemTime {
         let t = timefmt::unix_from_civil(y, m, d, 0, 0, 0).unwrap();
-        crate::shipper::state::from_unix(t as u64)
+        crate::timefmt::from_unix(t as u64)
     }
 
     #[test]

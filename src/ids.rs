@@ -10,6 +10,10 @@ pub const RULE: &str = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a
 
 pub const MAX_LEN: usize = 128;
 
+/// What `is_dns_name` asks of a DNS name, in words, for error messages.
+pub const DNS_RULE: &str = "labels of 1-63 letters, digits and hyphens joined by dots, \
+     no leading or trailing hyphen, the last label not all digits";
+
 pub fn is_valid(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()

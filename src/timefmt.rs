@@ -32,6 +32,16 @@ pub fn amz_date(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since the epoch (0 for a clock before 1970).
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The instant `secs` seconds after the epoch.
+pub fn from_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
 pub fn now() -> String {
     rfc3339(SystemTime::now())
 }

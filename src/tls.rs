@@ -20,29 +20,65 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::ids;
 
-/// A TLS setup problem: which file, what is wrong.
+/// A TLS setup problem: which file, what is wrong, and the error beneath.
 #[derive(Debug)]
-pub struct TlsError {
-    pub path: Option<PathBuf>,
-    pub message: String,
+pub enum TlsError {
+    /// The file could not be read (missing, not a regular file, ...).
+    Read {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The file is not the PEM it should be.
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The PEM file holds no item of the kind wanted.
+    Empty { path: PathBuf, what: &'static str },
+    /// rustls refused what the file holds: a CA it cannot use, a key that
+    /// does not match its certificate, a verifier it cannot build.
+    Refused {
+        path: PathBuf,
+        what: String,
+        source: rustls::Error,
+    },
+    /// Building a configuration failed with no file to blame.
+    Setup(rustls::Error),
 }
 
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(p) => write!(f, "{}: {}", p.display(), self.message),
-            None => f.write_str(&self.message),
+        match self {
+            TlsError::Read { path, what, source } => {
+                write!(f, "{}: cannot read {what}: {source}", path.display())
+            }
+            TlsError::Pem { path, source } => {
+                write!(f, "{}: invalid PEM: {}", path.display(), pem_error(source))
+            }
+            TlsError::Empty { path, what } => write!(f, "{}: holds no {what}", path.display()),
+            TlsError::Refused { path, what, source } => {
+                write!(f, "{}: {what}: {source}", path.display())
+            }
+            TlsError::Setup(e) => write!(f, "TLS setup: {e}"),
         }
     }
 }
 
-impl std::error::Error for TlsError {}
-
-fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
-    TlsError {
-        path: Some(path.to_owned()),
-        message: message.into(),
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Read { source, .. } => Some(source),
+            TlsError::Pem { source, .. } => Some(source),
+            TlsError::Refused { source, .. } | TlsError::Setup(source) => Some(source),
+            TlsError::Empty { .. } => None,
+        }
     }
+}
+
+fn refused(path: &Path, what: impl Into<String>) -> impl FnOnce(rustls::Error) -> TlsError {
+    let (path, what) = (path.to_owned(), what.into());
+    move |source| TlsError::Refused { path, what, source }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -58,9 +94,12 @@ const PEM_FILE_MAX: u64 = 4 << 20;
 /// The bytes of a PEM file. Opened without blocking and only if it is a
 /// regular file (`config::open_regular_file`): rustls's `pem_file_iter`
 /// opens by path, and a FIFO there hangs the process forever.
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
-    crate::config::read_regular_file(path, PEM_FILE_MAX)
-        .map_err(|e| file_err(path, format!("cannot read {what}: {e}")))
+fn read_pem(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    crate::config::read_regular_file(path, PEM_FILE_MAX).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        what,
+        source,
+    })
 }
 
 /// All certificates in a PEM file; at least one.
@@ -68,12 +107,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let pem = read_pem(path, "certificates")?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, format!("invalid PEM: {}", pem_error(&e))))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(file_err(
-            path,
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-        ));
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "PEM certificate (-----BEGIN CERTIFICATE-----)",
+        });
     }
     Ok(certs)
 }
@@ -83,14 +125,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_pem(path, "the private key")?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => file_err(
-            path,
-            "holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
-        ),
-        e => file_err(
-            path,
-            format!("cannot read the private key: {}", pem_error(&e)),
-        ),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "PEM private key (-----BEGIN PRIVATE KEY-----)",
+        },
+        source => TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        },
     })
 }
 
@@ -107,7 +149,7 @@ fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     for cert in load_certs(path)? {
         roots
             .add(cert)
-            .map_err(|e| file_err(path, format!("not a usable CA certificate: {e}")))?;
+            .map_err(refused(path, "not a usable CA certificate"))?;
     }
     Ok(roots)
 }
@@ -126,10 +168,7 @@ pub fn client_config(
     };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsError {
-            path: None,
-            message: format!("TLS setup: {e}"),
-        })?
+        .map_err(TlsError::Setup)?
         .with_root_certificates(roots);
     let config = match client_auth {
         None => builder.with_no_client_auth(),
@@ -138,7 +177,7 @@ pub fn client_config(
             let key_der = load_key(key)?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?
+                .map_err(refused(key, format!("does not match {}", cert.display())))?
         }
     };
     Ok(Arc::new(config))
@@ -153,18 +192,17 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsError {
-            path: None,
-            message: format!("TLS setup: {e}"),
-        })?;
+        .map_err(TlsError::Setup)?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider())
                     .build()
-                    .map_err(|e| {
-                        file_err(ca, format!("cannot verify clients with this CA: {e}"))
+                    .map_err(|e| TlsError::Refused {
+                        path: ca.to_owned(),
+                        what: "cannot verify clients with this CA".into(),
+                        source: rustls::Error::General(e.to_string()),
                     })?;
             builder.with_client_cert_verifier(verifier)
         }
@@ -173,7 +211,7 @@ pub fn server_config(
     let key_der = load_key(key)?;
     let config = builder
         .with_single_cert(chain, key_der)
-        .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+        .map_err(refused(key, format!("does not match {}", cert.display())))?;
     Ok(Arc::new(config))
 }
 
@@ -217,10 +255,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Vec<CertificateDer<'static>>
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| file_err(key, format!("not a usable private key: {e}")))?;
+        .map_err(refused(key, "not a usable private key"))?;
     rustls::sign::CertifiedKey::new(chain.clone(), signing)
         .keys_match()
-        .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+        .map_err(refused(key, format!("does not match {}", cert.display())))?;
     Ok(chain)
 }
 
@@ -419,8 +457,11 @@ mod tests {
                 ]
             });
             for e in errors {
-                assert_eq!(e.path.as_deref(), Some(path));
-                assert!(e.message.contains("not a regular file"), "{e}");
+                assert!(
+                    matches!(&e, TlsError::Read { path: p, .. } if p == path),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains("not a regular file"), "{e}");
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -443,11 +484,11 @@ mod tests {
         assert!(load_key(&key_file).is_ok());
         assert!(load_key(&chain)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("no PEM private key"));
         assert!(load_certs(&key_file)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("no PEM certificate"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -375,8 +375,8 @@ impl ReceiverConfig {
                     &key,
                     format!(
                         "`{id}` cannot be bound to a client certificate: with client_ca_file set, host ids \
-                         must be DNS names (labels of letters, digits and hyphens joined by dots, \
-                         last label not all digits), since the certificate's DNS SAN must equal the id"
+                         must be DNS names ({}), since the certificate's DNS SAN must equal the id",
+                        ids::DNS_RULE
                     ),
                 ));
             }

@@ -18,7 +18,7 @@ use crate::dirfd;
 use crate::ids;
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::Status;
-use crate::shipper::state::unix;
+use crate::timefmt::unix;
 use crate::warn;
 
 /// How often the metrics file is rewritten.

@@ -155,7 +155,7 @@ pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<(), RetireError>
 /// rename set at about the same moment and no user can set back.
 fn note_shipped(dirs: &Dirs, id: &str, record: &Record) {
     let note = Record {
-        shipped: Some(crate::shipper::state::unix(std::time::SystemTime::now())),
+        shipped: Some(crate::timefmt::unix(std::time::SystemTime::now())),
         ..record.clone()
     };
     // `.tmp-<id>`: a leading dot, so never the name of an id.

@@ -11,7 +11,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nanoserde::{DeJson, SerJson};
 
@@ -53,14 +52,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("state.json")
 }
 
-/// Seconds since the epoch (0 for a clock before 1970).
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-pub fn from_unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
+pub use crate::timefmt::{from_unix, unix};
 
 impl State {
     /// The state in `data_dir`, or the default if there is none or it is
