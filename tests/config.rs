@@ -317,7 +317,7 @@ fn receiver_stops_cleanly_on_sigterm() {
     let dir = TempDir::new("cfg-sigterm");
     let pki = TestPki::new(&dir.join("pki"));
     let r = Receiver::start(dir.path(), &ReceiverOptions::tls(&pki, &dir.join("store")));
-    unsafe_kill(r.child.id() as i32, "TERM");
+    send_signal(r.child.id() as i32, "TERM");
     r.wait_log("SIGTERM received");
     r.wait_log("stopped");
     let mut r = r;

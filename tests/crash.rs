@@ -691,7 +691,7 @@ fn concurrent_passes_take_turns() {
 
     // A stopped receiver: the first pass blocks in its TLS handshake (up to
     // io_timeout_s = 10) holding the lock, once its first tarball is packed.
-    unsafe_kill(recv_pid, "STOP");
+    send_signal(recv_pid, "STOP");
     let first = w.spawn_once();
     wait_until("the first pass to pack", Duration::from_secs(8), || {
         first_tarball.exists()
@@ -701,7 +701,7 @@ fn concurrent_passes_take_turns() {
     let second = w.once();
     let took = started.elapsed();
     let after = snapshot(&w.cfg.data_dir, Mtimes::Exact);
-    unsafe_kill(recv_pid, "CONT");
+    send_signal(recv_pid, "CONT");
     assert_exit(&second, 0);
     assert!(
         stderr(&second).contains("another pass holds") && stderr(&second).contains(".lock"),
@@ -718,7 +718,7 @@ fn concurrent_passes_take_turns() {
     let id = "ep-0004";
     make_episode(&w.cfg.data_dir, id, 300 * 1024, 7, true);
     let tarball = w.data("outbox").join(format!("{id}.tar.zst"));
-    unsafe_kill(recv_pid, "STOP");
+    send_signal(recv_pid, "STOP");
     let mut holder = w.spawn_once();
     let packed = Instant::now() + Duration::from_secs(8);
     while !tarball.exists() && Instant::now() < packed {
@@ -726,7 +726,7 @@ fn concurrent_passes_take_turns() {
     }
     let _ = holder.kill();
     let status = holder.wait().unwrap();
-    unsafe_kill(recv_pid, "CONT");
+    send_signal(recv_pid, "CONT");
     assert!(tarball.exists(), "the holder never packed {id}");
     assert_eq!(status.signal(), Some(9), "holder: {status:?}");
     let out = w.once();

@@ -13,9 +13,14 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+mod common;
+
+use common::fs::{snapshot, Mtimes};
+use common::TempDir;
 
 const SHIPPER: &str = env!("CARGO_BIN_EXE_cis490-shipper");
 const RECEIVER: &str = env!("CARGO_BIN_EXE_cis490-receiver");
@@ -37,38 +42,6 @@ fn repo() -> &'static Path {
 
 /// A fresh directory under the system temp dir, unique per process and call,
 /// removed when dropped (kept if the test fails, for a look).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "cis490-deploy-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// Whether `tool` can be run at all.
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -283,44 +256,6 @@ fn installers_embed_the_shared_library() {
     run_ok(Command::new("shellcheck").arg(repo().join("scripts/lib/install-common.sh")));
 }
 
-/// Everything under `root` that an installer decides: type, mode bits and
-/// contents (symlink targets for links). Owners are left out: under --root
-/// the installers do not chown.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("dir entry").path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let meta = fs::symlink_metadata(&p).expect("metadata");
-            let mode = meta.permissions().mode() & 0o7777;
-            let ft = meta.file_type();
-            if ft.is_symlink() {
-                let target = fs::read_link(&p).expect("readlink");
-                out.insert(rel, format!("link -> {}", target.display()));
-            } else if ft.is_dir() {
-                out.insert(rel, format!("dir {mode:04o}"));
-                walk(root, &p, out);
-            } else {
-                let bytes = fs::read(&p).expect("read");
-                let digest = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-                });
-                out.insert(
-                    rel,
-                    format!("file {mode:04o} {} bytes fnv {digest:016x}", bytes.len()),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
 fn assert_same_tree(
     before: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
@@ -409,7 +344,7 @@ fn installers_are_idempotent() {
         fs::create_dir_all(&src).unwrap();
         inst.sources(&src, "one");
         run_ok(&mut inst.command(&root, &src));
-        let first = snapshot(&root);
+        let first = snapshot(&root, Mtimes::Ignore);
         for want in ["usr/local/bin", inst.config, "etc/systemd/system"] {
             assert!(
                 first.contains_key(want),
@@ -420,7 +355,7 @@ fn installers_are_idempotent() {
         run_ok(&mut inst.command(&root, &src));
         assert_same_tree(
             &first,
-            &snapshot(&root),
+            &snapshot(&root, Mtimes::Ignore),
             &format!("{} run twice", inst.script),
         );
     }
@@ -500,7 +435,7 @@ fn installer_dry_run_changes_nothing() {
         // Into an empty root, and into an installed one.
         let out = run_ok(inst.command(&root, &src).arg("--dry-run"));
         assert!(
-            snapshot(&root).is_empty(),
+            snapshot(&root, Mtimes::Ignore).is_empty(),
             "{}: --dry-run wrote into an empty root",
             inst.script
         );
@@ -510,13 +445,13 @@ fn installer_dry_run_changes_nothing() {
             inst.script
         );
         run_ok(&mut inst.command(&root, &src));
-        let installed = snapshot(&root);
+        let installed = snapshot(&root, Mtimes::Ignore);
         fs::remove_file(root.join(inst.config)).unwrap();
-        let without_config = snapshot(&root);
+        let without_config = snapshot(&root, Mtimes::Ignore);
         run_ok(inst.command(&root, &src).arg("--dry-run"));
         assert_same_tree(
             &without_config,
-            &snapshot(&root),
+            &snapshot(&root, Mtimes::Ignore),
             &format!("{} --dry-run", inst.script),
         );
         assert_ne!(installed, without_config);
@@ -533,7 +468,7 @@ fn installer_refuses_a_binary_that_is_not_ours() {
     cmd.arg("--root").arg(&root).arg("--binary").arg(RECEIVER);
     let out = output(&mut cmd);
     assert!(!out.status.success(), "{}", describe(&cmd, &out));
-    assert!(snapshot(&root).is_empty());
+    assert!(snapshot(&root, Mtimes::Ignore).is_empty());
 }
 
 // ---- the lab PKI, end to end -------------------------------------------------

@@ -103,7 +103,7 @@ fn s9_receiver_makes_an_upload_durable_before_answering_201() {
         .expect("strace runs the receiver")
         .parse()
         .unwrap();
-    unsafe_kill(receiver_pid, "TERM");
+    send_signal(receiver_pid, "TERM");
     let mut r = r;
     assert!(
         r.child.wait().unwrap().success(),

@@ -19,17 +19,22 @@ use super::TempDir;
 
 /// What the script's `start` takes at most (it bounds itself at 120 s; this
 /// catches a script that hangs anyway).
+#[allow(dead_code)]
 const START_DEADLINE: Duration = Duration::from_secs(180);
 /// The script's exit codes for "packages missing" and "the cluster did not
 /// come up".
+#[allow(dead_code)]
 const EX_SKIP: i32 = 77;
+#[allow(dead_code)]
 const EX_UNAVAILABLE: i32 = 69;
 
+#[allow(dead_code)]
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-rgw.sh")
 }
 
 /// A running gateway and what a client needs to talk to it.
+#[allow(dead_code)]
 pub struct Ceph {
     /// `127.0.0.1:PORT`, plain HTTP.
     pub addr: SocketAddr,
@@ -51,6 +56,7 @@ pub struct Ceph {
 
 impl Ceph {
     /// Whether the packages are installed (`Err` says what to install).
+    #[allow(dead_code)]
     pub fn available() -> Result<(), String> {
         let out = Command::new("bash")
             .arg(script())
@@ -67,6 +73,7 @@ impl Ceph {
 
     /// Starts a cluster, or prints why it cannot and returns `None` (a
     /// panic instead when `CIS490_REQUIRE_CEPH` is set).
+    #[allow(dead_code)]
     pub fn start_or_skip(test: &str) -> Option<Ceph> {
         match Ceph::start() {
             Ok(c) => Some(c),
@@ -84,6 +91,7 @@ impl Ceph {
     /// Ceph is not installed, or the cluster did not come up (the script's
     /// exit 69, with its log tails). Any other failure of the script is a
     /// bug in it or in this fixture, and panics rather than skip.
+    #[allow(dead_code)]
     pub fn start() -> Result<Ceph, String> {
         Ceph::available()?;
         // Short: the admin sockets under it must fit a sockaddr_un.
@@ -182,6 +190,7 @@ impl Ceph {
         Ok(ceph)
     }
 
+    #[allow(dead_code)]
     pub fn credentials(&self) -> Credentials {
         Credentials {
             access_key: self.access_key.clone(),
@@ -191,15 +200,18 @@ impl Ceph {
     }
 
     /// The `Host` header for requests to the gateway.
+    #[allow(dead_code)]
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
 
+    #[allow(dead_code)]
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// Kills the cluster now (Drop does the same).
+    #[allow(dead_code)]
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -219,6 +231,7 @@ impl Drop for Ceph {
 }
 
 /// `ceph-rgw.sh stop DIR`: SIGKILLs the PIDs recorded in DIR, no others.
+#[allow(dead_code)]
 fn stop_dir(dir: &Path) {
     if !dir.join("pids").exists() {
         return;

@@ -11,7 +11,6 @@
 //! Everything is written in chunks of at most 256 KiB, so a multi-GiB episode
 //! needs no more memory than a small one. I/O errors panic with the path: this
 //! is test and demo support, not product code.
-#![allow(dead_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -19,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Size of one camera frame, as in `mkepisodes.py`.
+#[allow(dead_code)]
 pub const FRAME_BYTES: u64 = 256 * 1024;
 
 /// Floats per joint-state chunk; the ramp's offset steps by 0.5 per chunk.
+#[allow(dead_code)]
 const JOINT_CHUNK: usize = 4096;
 
 /// Creates `data_dir/episodes/<id>/` holding about `bytes` bytes of data and
@@ -29,6 +30,7 @@ const JOINT_CHUNK: usize = 4096;
 ///
 /// The random stream depends on both `seed` and `id`, so episodes made with
 /// one seed still differ from each other.
+#[allow(dead_code)]
 pub fn make_episode(
     data_dir: &Path,
     id: &str,
@@ -71,6 +73,7 @@ pub fn make_episode(
 /// Sets the mtime of `dir` and everything below it (symlinks excepted) to
 /// `secs` after the epoch, for tests that need identical tarballs from two
 /// generations of the same episode.
+#[allow(dead_code)]
 pub fn set_tree_mtime(dir: &Path, secs: u64) {
     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
     let entries = or_die(fs::read_dir(dir), "listing", dir);
@@ -92,6 +95,7 @@ pub fn set_tree_mtime(dir: &Path, secs: u64) {
 
 /// `count` float32 ramps (little-endian): `(j % 7) * 0.1 + t`, `t` stepping by
 /// 0.5 every 4096 values. Repetitive enough that zstd shrinks it well.
+#[allow(dead_code)]
 fn write_joints(path: &Path, count: u64) {
     let file = or_die(File::create(path), "creating", path);
     let mut out = io::BufWriter::with_capacity(256 * 1024, file);
@@ -113,13 +117,16 @@ fn write_joints(path: &Path, count: u64) {
 }
 
 /// SplitMix64: tiny, fast, and good enough for bytes that must not compress.
+#[allow(dead_code)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    #[allow(dead_code)]
     fn new(seed: u64) -> SplitMix64 {
         SplitMix64(seed)
     }
 
+    #[allow(dead_code)]
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -130,6 +137,7 @@ impl SplitMix64 {
 
     /// Fills `buf` eight bytes at a time (byte-at-a-time would dominate the
     /// run time of a multi-GiB episode).
+    #[allow(dead_code)]
     fn fill(&mut self, buf: &mut [u8]) {
         let mut chunks = buf.chunks_exact_mut(8);
         for c in &mut chunks {
@@ -143,12 +151,14 @@ impl SplitMix64 {
 }
 
 /// FNV-1a, to fold the episode id into the seed.
+#[allow(dead_code)]
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
+#[allow(dead_code)]
 fn or_die<T>(r: io::Result<T>, what: &str, path: &Path) -> T {
     match r {
         Ok(v) => v,

@@ -15,18 +15,24 @@ use super::episodes::make_episode;
 use super::fs::names;
 use super::*;
 
+#[allow(dead_code)]
 pub struct Lab {
     pub dir: TempDir,
+    #[allow(dead_code)]
     pub pki: TestPki,
     /// lab-01's client certificate.
+    #[allow(dead_code)]
     pub ident: Identity,
     pub receiver: Option<Receiver>,
+    #[allow(dead_code)]
     pub opts: ReceiverOptions,
+    #[allow(dead_code)]
     pub cfg: ShipperSetup,
     shipper_extra: String,
 }
 
 /// How a `Lab` differs from the defaults.
+#[allow(dead_code)]
 pub struct LabBuilder {
     name: String,
     receiver_extra: String,
@@ -36,23 +42,27 @@ pub struct LabBuilder {
 
 impl LabBuilder {
     /// Lines appended to receiver.toml before `[hosts]`.
+    #[allow(dead_code)]
     pub fn receiver_extra(mut self, toml: &str) -> LabBuilder {
         self.receiver_extra = toml.to_owned();
         self
     }
 
     /// Lines appended to the shipper's config.
+    #[allow(dead_code)]
     pub fn shipper_extra(mut self, toml: &str) -> LabBuilder {
         self.shipper_extra = toml.to_owned();
         self
     }
 
     /// An environment variable for the receiver process (fault injection).
+    #[allow(dead_code)]
     pub fn receiver_env(mut self, key: &str, value: &str) -> LabBuilder {
         self.receiver_env.push((key.to_owned(), value.to_owned()));
         self
     }
 
+    #[allow(dead_code)]
     pub fn start(self) -> Lab {
         let dir = TempDir::new(&self.name);
         let pki = TestPki::new(&dir.join("pki"));
@@ -86,6 +96,7 @@ impl LabBuilder {
     }
 }
 
+#[allow(dead_code)]
 fn start_receiver(dir: &Path, opts: &ReceiverOptions, env: &[(&str, &str)]) -> Receiver {
     let config = dir.join("receiver.toml");
     write_file(&config, &opts.render(), 0o644);
@@ -102,6 +113,7 @@ impl Lab {
         }
     }
 
+    #[allow(dead_code)]
     pub fn new(name: &str) -> Lab {
         Lab::build(name).start()
     }
@@ -112,6 +124,7 @@ impl Lab {
 
     /// Stops (kill -9) the receiver, if any, and starts a new one on the
     /// same store with `env`; the shipper's config is pointed at its port.
+    #[allow(dead_code)]
     pub fn restart_receiver(&mut self, env: &[(&str, &str)]) {
         self.receiver = None;
         let r = start_receiver(self.dir.path(), &self.opts, env);
@@ -128,6 +141,7 @@ impl Lab {
     }
 
     /// A path under the shipper's data_dir.
+    #[allow(dead_code)]
     pub fn data(&self, p: &str) -> PathBuf {
         self.cfg.data_dir.join(p)
     }
@@ -142,11 +156,13 @@ impl Lab {
     }
 
     /// Where the receiver keeps lab-01's episode `id`.
+    #[allow(dead_code)]
     pub fn stored(&self, id: &str) -> PathBuf {
         self.host_dir().join(format!("{id}.tar.zst"))
     }
 
     /// The receiver's upload temps for lab-01 (in flight, or a crash's).
+    #[allow(dead_code)]
     pub fn temps(&self) -> Vec<String> {
         names(&self.host_dir())
             .into_iter()
@@ -155,11 +171,13 @@ impl Lab {
     }
 
     /// A finished episode (with done.marker) in lab-01's episodes/.
+    #[allow(dead_code)]
     pub fn episode(&self, id: &str, bytes: u64, seed: u64) -> PathBuf {
         make_episode(&self.cfg.data_dir, id, bytes, seed, true)
     }
 
     /// A copy of the shipper's config with one substitution, as another file.
+    #[allow(dead_code)]
     pub fn variant(&self, name: &str, from: &str, to: &str) -> PathBuf {
         let text = std::fs::read_to_string(&self.cfg.config).unwrap();
         assert!(text.contains(from), "{from} not in config");
@@ -169,15 +187,18 @@ impl Lab {
     }
 
     /// One `--once` pass to completion.
+    #[allow(dead_code)]
     pub fn once(&self) -> Output {
         self.once_env(&[])
     }
 
+    #[allow(dead_code)]
     pub fn once_env(&self, env: &[(&str, &str)]) -> Output {
         shipper_env(&self.cfg.config, &["--once"], env)
     }
 
     /// A `--once` pass left running, its output piped.
+    #[allow(dead_code)]
     pub fn spawn_once(&self) -> Child {
         Command::new(SHIPPER)
             .arg("--config")
@@ -192,6 +213,7 @@ impl Lab {
 
     /// `--ping` as lab-01 with this certificate (or none) and token: the
     /// shipper's config is rewritten for it.
+    #[allow(dead_code)]
     pub fn ping_as(&self, ident: Option<&Identity>, token: &str) -> Output {
         let cfg = shipper_config(
             self.dir.path(),
@@ -206,6 +228,7 @@ impl Lab {
     }
 
     /// Lines of the receiver's log that contain `needle`.
+    #[allow(dead_code)]
     pub fn logged(&self, needle: &str) -> usize {
         self.receiver()
             .log
@@ -219,6 +242,7 @@ impl Lab {
     /// PUTs the receiver has logged so far. A ping goes first, and its
     /// line is awaited: the receiver logs before answering and its log is
     /// one ordered pipe, so every earlier request's line is in by then.
+    #[allow(dead_code)]
     pub fn puts_logged(&self) -> usize {
         let before = self.logged("POST /v1/ping 200");
         assert_exit(&shipper(&self.cfg.config, &["--ping"]), 0);

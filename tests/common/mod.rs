@@ -3,14 +3,13 @@
 //!
 //! Readiness is the receiver's own `listening on https://ADDR` line read
 //! from its stderr pipe, never a sleep.
-#![allow(dead_code)]
 
 pub mod ceph;
 pub mod episodes;
 pub mod fs;
 pub mod lab;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,9 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+#[allow(dead_code)]
 pub const SHIPPER: &str = env!("CARGO_BIN_EXE_cis490-shipper");
+#[allow(dead_code)]
 pub const RECEIVER: &str = env!("CARGO_BIN_EXE_cis490-receiver");
 
 /// A unique directory, removed on drop unless the test panicked (so a
@@ -46,10 +47,12 @@ impl TempDir {
         TempDir(p)
     }
 
+    #[allow(dead_code)]
     pub fn path(&self) -> &Path {
         &self.0
     }
 
+    #[allow(dead_code)]
     pub fn join(&self, p: &str) -> PathBuf {
         self.0.join(p)
     }
@@ -63,6 +66,7 @@ impl Drop for TempDir {
     }
 }
 
+#[allow(dead_code)]
 pub fn write_file(path: &Path, contents: &str, mode: u32) {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).unwrap();
@@ -71,24 +75,19 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Certificates and keys for one test, as PEM files under `dir`.
-pub struct Pki {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-}
-
+#[allow(dead_code)]
 pub struct Identity {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
+#[allow(dead_code)]
 struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
+#[allow(dead_code)]
 fn make_ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -105,14 +104,17 @@ fn make_ca(name: &str) -> Ca {
     }
 }
 
+#[allow(dead_code)]
 fn leaf(ca: &Ca, sans: &[&str], cn: &str, client: bool) -> (String, String) {
     leaf_dated(ca, sans, cn, client, (2025, 1, 1), (2035, 1, 1))
 }
 
 /// A date as (year, month, day).
+#[allow(dead_code)]
 pub type Ymd = (i32, u8, u8);
 
 /// (year, month, day) `days` from today (negative: ago), UTC.
+#[allow(dead_code)]
 pub fn ymd_from_now(days: i64) -> Ymd {
     let t = std::time::SystemTime::now();
     let t = if days >= 0 {
@@ -128,8 +130,9 @@ pub fn ymd_from_now(days: i64) -> Ymd {
     )
 }
 
+#[allow(dead_code)]
 fn leaf_dated(
-    ca: &Ca,
+    #[allow(dead_code)] ca: &Ca,
     sans: &[&str],
     cn: &str,
     client: bool,
@@ -154,9 +157,13 @@ fn leaf_dated(
 
 /// The test PKI: a lab CA, a server certificate for localhost, 127.0.0.1
 /// and ::1, client certificates on demand, and a foreign CA.
+#[allow(dead_code)]
 pub struct TestPki {
+    #[allow(dead_code)]
     ca: Ca,
+    #[allow(dead_code)]
     foreign: Ca,
+    #[allow(dead_code)]
     pub dir: PathBuf,
     pub ca_file: PathBuf,
     pub server_cert: PathBuf,
@@ -188,6 +195,7 @@ impl TestPki {
         TestPki {
             ca,
             foreign,
+            #[allow(dead_code)]
             dir: dir.to_owned(),
             ca_file,
             server_cert,
@@ -195,6 +203,7 @@ impl TestPki {
         }
     }
 
+    #[allow(dead_code)]
     fn write_pair(&self, name: &str, (c, k): (String, String)) -> Identity {
         let cert = self.dir.join(format!("{name}.crt"));
         let key = self.dir.join(format!("{name}.key"));
@@ -204,6 +213,7 @@ impl TestPki {
     }
 
     /// A client certificate naming `host_id`, from the lab CA.
+    #[allow(dead_code)]
     pub fn client(&self, host_id: &str) -> Identity {
         self.write_pair(
             &format!("client-{host_id}"),
@@ -212,6 +222,7 @@ impl TestPki {
     }
 
     /// A client certificate from the lab CA valid between two dates.
+    #[allow(dead_code)]
     pub fn client_dated(
         &self,
         name: &str,
@@ -226,11 +237,13 @@ impl TestPki {
     }
 
     /// A client certificate with arbitrary SANs, from the lab CA.
+    #[allow(dead_code)]
     pub fn client_with_sans(&self, name: &str, sans: &[&str]) -> Identity {
         self.write_pair(name, leaf(&self.ca, sans, name, true))
     }
 
     /// A client certificate naming `host_id`, from a CA the receiver does not trust.
+    #[allow(dead_code)]
     pub fn foreign_client(&self, host_id: &str) -> Identity {
         self.write_pair(
             &format!("foreign-{host_id}"),
@@ -239,11 +252,13 @@ impl TestPki {
     }
 
     /// A server certificate for names other than the ones the shipper uses.
+    #[allow(dead_code)]
     pub fn server_for(&self, name: &str, sans: &[&str]) -> Identity {
         self.write_pair(name, leaf(&self.ca, sans, name, false))
     }
 }
 
+#[allow(dead_code)]
 pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.trim().as_bytes())
         .iter()
@@ -252,6 +267,7 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// Receiver configuration for a test, rendered to TOML.
+#[allow(dead_code)]
 pub struct ReceiverOptions {
     pub listen: Option<String>,
     pub listen_plain: Option<String>,
@@ -264,6 +280,7 @@ pub struct ReceiverOptions {
 
 impl ReceiverOptions {
     /// TLS on 127.0.0.1:0 with client certificates required, two hosts.
+    #[allow(dead_code)]
     pub fn tls(pki: &TestPki, store_dir: &Path) -> ReceiverOptions {
         ReceiverOptions {
             listen: Some("127.0.0.1:0".into()),
@@ -281,6 +298,7 @@ impl ReceiverOptions {
 
     /// Plain HTTP on 127.0.0.1:0 (the proxy setup), token-only, hosts
     /// `lab-01` (TOKEN_A) and `HostA` (TOKEN_B).
+    #[allow(dead_code)]
     pub fn plain(store_dir: &Path) -> ReceiverOptions {
         ReceiverOptions {
             listen: None,
@@ -296,6 +314,7 @@ impl ReceiverOptions {
         }
     }
 
+    #[allow(dead_code)]
     pub fn render(&self) -> String {
         let mut s = String::new();
         if let Some(l) = &self.listen {
@@ -324,19 +343,27 @@ impl ReceiverOptions {
     }
 }
 
+#[allow(dead_code)]
 pub const TOKEN_A: &str = "token-for-lab-01-aaaaaaaaaaaaaaaaaaaaaaaa";
+#[allow(dead_code)]
 pub const TOKEN_B: &str = "token-for-lab-02-bbbbbbbbbbbbbbbbbbbbbbbb";
 
 /// A running cis490-receiver; killed (by PID) when dropped.
+#[allow(dead_code)]
 pub struct Receiver {
     pub child: Child,
+    #[allow(dead_code)]
     pub https: Option<SocketAddr>,
+    #[allow(dead_code)]
     pub http: Option<SocketAddr>,
+    #[allow(dead_code)]
     pub log: Arc<Mutex<Vec<String>>>,
+    #[allow(dead_code)]
     pub config: PathBuf,
 }
 
 impl Receiver {
+    #[allow(dead_code)]
     pub fn start(dir: &Path, opts: &ReceiverOptions) -> Receiver {
         let config = dir.join("receiver.toml");
         write_file(&config, &opts.render(), 0o644);
@@ -348,8 +375,9 @@ impl Receiver {
         )
     }
 
+    #[allow(dead_code)]
     pub fn start_with_config(
-        config: &Path,
+        #[allow(dead_code)] config: &Path,
         tls: bool,
         plain: bool,
         env: &[(&str, &str)],
@@ -407,10 +435,12 @@ impl Receiver {
             https,
             http,
             log,
+            #[allow(dead_code)]
             config: config.to_owned(),
         }
     }
 
+    #[allow(dead_code)]
     pub fn url(&self) -> String {
         format!(
             "https://localhost:{}",
@@ -418,11 +448,13 @@ impl Receiver {
         )
     }
 
+    #[allow(dead_code)]
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// Waits until a log line contains `needle` (bounded).
+    #[allow(dead_code)]
     pub fn wait_log(&self, needle: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
@@ -437,9 +469,10 @@ impl Receiver {
         );
     }
 
+    #[allow(dead_code)]
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
-        unsafe_kill(pid, "TERM");
+        send_signal(pid, "TERM");
         self.child.wait().unwrap()
     }
 }
@@ -452,7 +485,8 @@ impl Drop for Receiver {
 }
 
 /// Sends a signal with kill(1): the tests have no libc of their own to call.
-pub fn unsafe_kill(pid: i32, sig: &str) {
+#[allow(dead_code)]
+pub fn send_signal(pid: i32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -460,16 +494,20 @@ pub fn unsafe_kill(pid: i32, sig: &str) {
 }
 
 /// A shipper configuration for a test.
+#[allow(dead_code)]
 pub struct ShipperSetup {
+    #[allow(dead_code)]
     pub config: PathBuf,
+    #[allow(dead_code)]
     pub data_dir: PathBuf,
 }
 
+#[allow(dead_code)]
 pub fn shipper_config(
-    dir: &Path,
+    #[allow(dead_code)] dir: &Path,
     host_id: &str,
     receiver_url: &str,
-    ca: &Path,
+    #[allow(dead_code)] ca: &Path,
     ident: Option<&Identity>,
     token: &str,
     extra: &str,
@@ -498,10 +536,12 @@ pub fn shipper_config(
 }
 
 /// Runs the shipper to completion.
+#[allow(dead_code)]
 pub fn shipper(config: &Path, args: &[&str]) -> Output {
     shipper_env(config, args, &[])
 }
 
+#[allow(dead_code)]
 pub fn shipper_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(SHIPPER);
     cmd.arg("--config")
@@ -514,6 +554,7 @@ pub fn shipper_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output
     cmd.output().expect("run cis490-shipper")
 }
 
+#[allow(dead_code)]
 pub fn describe(out: &Output) -> String {
     format!(
         "status: {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -525,6 +566,7 @@ pub fn describe(out: &Output) -> String {
 
 /// Asserts an exit code, printing everything on failure.
 #[track_caller]
+#[allow(dead_code)]
 pub fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -534,33 +576,33 @@ pub fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+#[allow(dead_code)]
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+#[allow(dead_code)]
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs a command and returns its output, failing the test if it cannot start.
+#[allow(dead_code)]
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-pub fn write_all(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(bytes).unwrap();
-}
-
 /// Runs a command with stdin closed and a deadline: a process still running
 /// after `limit` is killed (by its PID) and the test fails, so a hang shows
 /// up as a failure instead of a test run that never ends.
+#[allow(dead_code)]
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     try_run_bounded(cmd, limit).unwrap_or_else(|hang| panic!("{hang}"))
 }
 
 /// `run_bounded`, with a hang returned as an error (after the kill).
+#[allow(dead_code)]
 pub fn try_run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -601,6 +643,7 @@ pub fn try_run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, Str
 }
 
 /// A named pipe (FIFO) at `path`, with mkfifo(1).
+#[allow(dead_code)]
 pub fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(status.success(), "mkfifo {}", path.display());
