@@ -164,17 +164,28 @@ fn check_metrics_file(f: &mut Findings, file: Option<&Path>) {
     }
 }
 
+/// The configuration's keys, or the one error that ends the check (a file
+/// that is not the TOML we read has no keys to check files by).
+fn parsed<T>(loaded: Result<T, crate::config::ConfigError>) -> Result<T, u8> {
+    loaded.map_err(|e| {
+        error!("{e}");
+        exit::CONFIG
+    })
+}
+
+/// `file: key `name``, the way every problem starts.
+fn at(config: &Path, key: &str) -> String {
+    format!("{}: key `{key}`", config.display())
+}
+
 /// `cis490-shipper --check-config`.
 pub fn shipper(config: &Path) -> u8 {
-    let cfg = match ShipperConfig::load_keys(config) {
+    let cfg = match parsed(ShipperConfig::load_keys(config)) {
         Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let mut f = Findings::default();
-    let at = |key: &str| format!("{}: key `{key}`", config.display());
+    let at = |key: &str| at(config, key);
     if let Err(e) = auth::read_token_file(&cfg.token_file) {
         f.problem(format!("{}: {e}", at("token_file")));
     }
@@ -209,15 +220,12 @@ pub fn shipper(config: &Path) -> u8 {
 
 /// `cis490-receiver --check-config`.
 pub fn receiver(config: &Path) -> u8 {
-    let cfg = match ReceiverConfig::load(config) {
+    let cfg = match parsed(ReceiverConfig::load(config)) {
         Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let mut f = Findings::default();
-    let at = |key: &str| format!("{}: key `{key}`", config.display());
+    let at = |key: &str| at(config, key);
     if let Some((cert, key)) = &cfg.tls_identity {
         let fix = "issue a new one: scripts/pki.sh server NAME";
         if let Err(e) = tls::load_pair(cert, key) {

@@ -262,10 +262,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(chain)
 }
 
-/// notBefore and notAfter of a DER certificate, seconds since the epoch
-/// (`--check-config`, the expiry warnings and the metrics). `None` if the
-/// structure is unexpected.
-pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+/// The validity and subject of a DER certificate's TBSCertificate (a small
+/// DER walker: webpki does not expose them). `None` if the structure is
+/// unexpected.
+fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     let (cert_body, _) = der::expect(cert, 0x30)?;
     let (tbs, _) = der::expect(cert_body, 0x30)?;
     let mut rest = tbs;
@@ -275,7 +275,16 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     rest = der::next(rest)?.2; // serialNumber
     rest = der::next(rest)?.2; // signature algorithm
     rest = der::next(rest)?.2; // issuer
-    let (validity, _) = der::expect(rest, 0x30)?;
+    let (validity, rest) = der::expect(rest, 0x30)?;
+    let (subject, _) = der::expect(rest, 0x30)?;
+    Some((validity, subject))
+}
+
+/// notBefore and notAfter of a DER certificate, seconds since the epoch
+/// (`--check-config`, the expiry warnings and the metrics). `None` if the
+/// structure is unexpected.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (validity, _) = validity_and_subject(cert)?;
     let (tag_nb, nb, after_nb) = der::next(validity)?;
     let (tag_na, na, _) = der::next(after_nb)?;
     Some((
@@ -288,17 +297,7 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
 /// (webpki does not expose them). `None` if the structure is unexpected; the
 /// ping then just says less.
 pub fn summarize(cert: &[u8]) -> Option<CertSummary> {
-    let (cert_body, _) = der::expect(cert, 0x30)?;
-    let (tbs, _) = der::expect(cert_body, 0x30)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = der::next(rest)?.2; // [0] version
-    }
-    rest = der::next(rest)?.2; // serialNumber
-    rest = der::next(rest)?.2; // signature algorithm
-    rest = der::next(rest)?.2; // issuer
-    let (validity, rest) = der::expect(rest, 0x30)?;
-    let (subject, _) = der::expect(rest, 0x30)?;
+    let (validity, subject) = validity_and_subject(cert)?;
     let (_, _, after_nb) = der::next(validity)?;
     let (tag, not_after, _) = der::next(after_nb)?;
     Some(CertSummary {
