@@ -295,11 +295,20 @@ pub enum Status {
     VersionNotSupported,
     /// 507 `no_space`: the store is full.
     NoSpace,
+    /// 409 `upload_in_progress`: another connection is appending to this
+    /// upload right now; try again later (the shipper's next pass).
+    UploadInProgress,
+    /// 409 `offset_mismatch`: an append's `Upload-Offset` is not the offset
+    /// the receiver holds (sent back in `Upload-Offset`).
+    OffsetMismatch,
+    /// 204 (no body): an upload's offset (`HEAD`), or an append that did
+    /// not complete it (`PATCH` with `Upload-Complete: ?0`).
+    Partial,
 }
 
 impl Status {
     /// Every answer, for counting them (`receiver::report`).
-    pub const ALL: [Status; 21] = [
+    pub const ALL: [Status; 24] = [
         Status::Ok,
         Status::Present,
         Status::Stored,
@@ -321,6 +330,9 @@ impl Status {
         Status::Busy,
         Status::VersionNotSupported,
         Status::NoSpace,
+        Status::UploadInProgress,
+        Status::OffsetMismatch,
+        Status::Partial,
     ];
 
     /// Its place in `ALL`.
@@ -341,7 +353,8 @@ impl Status {
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::Timeout => 408,
-            Status::Conflict => 409,
+            Status::Conflict | Status::UploadInProgress | Status::OffsetMismatch => 409,
+            Status::Partial => 204,
             Status::LengthRequired => 411,
             Status::TooLarge => 413,
             Status::UriTooLong => 414,
@@ -379,6 +392,9 @@ impl Status {
             Status::Error => "error",
             Status::Busy => "busy",
             Status::NoSpace => "no_space",
+            Status::UploadInProgress => "upload_in_progress",
+            Status::OffsetMismatch => "offset_mismatch",
+            Status::Partial => "partial",
         }
     }
 
@@ -416,11 +432,79 @@ pub mod status {
     pub const PRESENT: &str = Status::Present.word();
     pub const CONFLICT: &str = Status::Conflict.word();
     pub const DIGEST_MISMATCH: &str = Status::DigestMismatch.word();
+    pub const UPLOAD_IN_PROGRESS: &str = Status::UploadInProgress.word();
+    pub const OFFSET_MISMATCH: &str = Status::OffsetMismatch.word();
+}
+
+/// Resumable uploads (docs/transport.md, "Resumable uploads"): the header
+/// fields of draft-ietf-httpbis-resumable-upload that this protocol uses,
+/// and their values (RFC 8941 structured fields, the two types we need).
+pub mod resumable {
+    /// `Content-Type` of an append (`PATCH`).
+    pub const PARTIAL_UPLOAD: &str = "application/partial-upload";
+    /// Bytes of the upload the receiver holds durably; where an append
+    /// starts.
+    pub const UPLOAD_OFFSET: &str = "Upload-Offset";
+    /// `?1`: this request's content ends the upload; `?0`: more follows.
+    pub const UPLOAD_COMPLETE: &str = "Upload-Complete";
+    /// The whole upload's length.
+    pub const UPLOAD_LENGTH: &str = "Upload-Length";
+    /// RFC 9530: the digest of the whole tarball (the representation), as
+    /// opposed to `Content-Digest`, the digest of this request's content.
+    /// Which upload a `HEAD` or `PATCH` continues is (host, id, this).
+    pub const REPR_DIGEST: &str = "Repr-Digest";
+
+    /// An sf-integer that is not negative (RFC 8941 §3.3.1: at most 15
+    /// digits, no sign but `-`, no leading `+`, no whitespace inside).
+    pub fn parse_offset(v: &str) -> Result<u64, &'static str> {
+        let v = v.trim_matches([' ', '\t']);
+        if v.starts_with('-') {
+            return Err("must not be negative");
+        }
+        if v.is_empty() || v.len() > 15 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must be a whole number of at most 15 digits");
+        }
+        v.parse().map_err(|_| "must be a whole number")
+    }
+
+    /// An sf-boolean: `?1` or `?0`, nothing else.
+    pub fn parse_complete(v: &str) -> Result<bool, &'static str> {
+        match v.trim_matches([' ', '\t']) {
+            "?1" => Ok(true),
+            "?0" => Ok(false),
+            _ => Err("must be ?1 or ?0"),
+        }
+    }
+
+    /// `?1` / `?0`.
+    pub fn complete(done: bool) -> &'static str {
+        if done {
+            "?1"
+        } else {
+            "?0"
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumable_fields() {
+        use resumable::*;
+        assert_eq!(parse_offset("0"), Ok(0));
+        assert_eq!(parse_offset(" 123456789012345 "), Ok(123_456_789_012_345));
+        for bad in ["", "-1", "+1", "1.5", "0x10", "1 2", "1234567890123456", "abc"] {
+            assert!(parse_offset(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_complete("?1"), Ok(true));
+        assert_eq!(parse_complete("?0"), Ok(false));
+        for bad in ["1", "true", "?2", "", "? 1"] {
+            assert!(parse_complete(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(complete(true), "?1");
+    }
 
     #[test]
     fn routes() {
