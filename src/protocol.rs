@@ -495,7 +495,16 @@ mod tests {
         use resumable::*;
         assert_eq!(parse_offset("0"), Ok(0));
         assert_eq!(parse_offset(" 123456789012345 "), Ok(123_456_789_012_345));
-        for bad in ["", "-1", "+1", "1.5", "0x10", "1 2", "1234567890123456", "abc"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.5",
+            "0x10",
+            "1 2",
+            "1234567890123456",
+            "abc",
+        ] {
             assert!(parse_offset(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_complete("?1"), Ok(true));

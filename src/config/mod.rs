@@ -165,6 +165,9 @@ pub struct ShipperConfig {
     pub alert_after: Duration,
     /// Prometheus text file written after each pass. Defaults to none.
     pub metrics_file: Option<PathBuf>,
+    /// Upload bodies are paced to this many bytes per second. Defaults to
+    /// no limit.
+    pub max_upload_rate: Option<u64>,
 }
 
 /// Retention of `shipped/` (`keep_shipped_days`, `min_free_percent`).
@@ -181,7 +184,7 @@ pub struct Retention {
 const SHIPPER_KEYS: &str =
     "host_id, data_dir, receiver, ca_file, cert_file, key_file, token_file, \
      compression_level, compression_threads, connect_timeout_s, io_timeout_s, \
-     keep_shipped_days, min_free_percent, alert_after_hours, metrics_file";
+     keep_shipped_days, min_free_percent, alert_after_hours, metrics_file, max_upload_rate";
 
 impl ShipperConfig {
     /// Reads and checks every key, and reads the token.
@@ -250,6 +253,13 @@ impl ShipperConfig {
         let alert_after =
             Duration::from_secs(3600 * doc.integer("alert_after_hours", 24, 1, 8760)?);
         let metrics_file = doc.path("metrics_file")?;
+        let max_upload_rate = match doc.string("max_upload_rate")? {
+            None => None,
+            Some(text) => Some(
+                crate::shipper::client::pace::parse_rate(&text)
+                    .map_err(|e| doc.err("max_upload_rate", format!("`{text}`: {e}")))?,
+            ),
+        };
         doc.finish(SHIPPER_KEYS)?;
         Ok(ShipperConfig {
             path: path.to_owned(),
@@ -267,6 +277,7 @@ impl ShipperConfig {
             retention,
             alert_after,
             metrics_file,
+            max_upload_rate,
         })
     }
 }

@@ -26,6 +26,7 @@ pub mod state;
 pub mod status;
 pub mod tidy;
 pub mod tree;
+pub mod upload;
 pub mod verdict;
 
 use crate::config::ShipperConfig;
@@ -43,5 +44,6 @@ pub fn endpoint(cfg: &ShipperConfig) -> Result<Endpoint, TlsError> {
         tls: tls::client_config(cfg.ca_file.as_deref(), client_auth)?,
         connect_timeout: cfg.connect_timeout,
         io_timeout: cfg.io_timeout,
+        upload_rate: cfg.max_upload_rate,
     })
 }

@@ -19,17 +19,16 @@ use std::time::{Instant, SystemTime};
 use crate::config::ShipperConfig;
 use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::hashing::to_hex;
-use crate::protocol;
-use crate::shipper::client::{ClientError, Endpoint, Response, Session};
+use crate::shipper::client::{ClientError, Endpoint, Session};
 use crate::shipper::outbox::{Dirs, Record};
 use crate::shipper::pack::PackOptions;
 use crate::shipper::prepare::{self, write_durably, Tarball};
-use crate::shipper::progress::Progress;
 use crate::shipper::retention;
 use crate::shipper::retire::{self, RetireError};
 use crate::shipper::state::{self, LastPass, State};
 use crate::shipper::status;
 use crate::shipper::tidy::tidy;
+use crate::shipper::upload::{self, Sent};
 use crate::shipper::verdict::{self, Stop, Verdict};
 use crate::{error, exit, ids, info, timefmt, warn};
 
@@ -46,6 +45,9 @@ pub struct Summary {
     pub invalid_names: usize,
     pub retry: usize,
     pub compressed_bytes: u64,
+    /// Body bytes actually sent (less than the tarballs' when uploads
+    /// resumed, or the receiver had them already).
+    pub bytes_sent: u64,
     /// Shipped episodes (and their bytes) retention deleted.
     pub deleted: u64,
     pub deleted_bytes: u64,
@@ -203,7 +205,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
     session.close();
     let s = &summary;
     info!(
-        "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB uploaded in {:.1}s{}",
+        "pass done{}: {} ready, {} stored, {} already present, {} conflict(s), {} rejected, {} invalid name(s), {} to retry; {:.1} MB of tarballs shipped, {:.1} MB sent, in {:.1}s{}",
         if s.stopped.is_some() { " (stopped early)" } else { "" },
         s.ready,
         s.stored,
@@ -213,6 +215,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         s.invalid_names,
         s.retry,
         s.compressed_bytes as f64 / 1e6,
+        s.bytes_sent as f64 / 1e6,
         started.elapsed().as_secs_f64(),
         if s.deleted > 0 {
             format!(
@@ -417,15 +420,14 @@ impl Pass<'_> {
                 return;
             }
         };
-        let started = Instant::now();
-        match self.upload(id, &tarball) {
-            Ok(resp) => {
-                let secs = started.elapsed().as_secs_f64();
-                let v = verdict::verdict(resp.status, resp.reply.as_ref());
+        match upload::upload(&mut self.session, self.cfg, id, &tarball) {
+            Ok(sent) => {
+                self.summary.bytes_sent += sent.bytes;
+                let v = verdict::verdict(sent.resp.status, sent.resp.reply.as_ref());
                 if v.is_contact() {
                     self.contact = Some(state::unix(SystemTime::now()));
                 }
-                self.apply(id, v, &tarball, &resp, secs);
+                self.apply(id, v, &tarball, &sent);
             }
             Err(e) => self.failed(id, &e),
         }
@@ -466,27 +468,6 @@ impl Pass<'_> {
         false
     }
 
-    fn upload(&mut self, id: &str, t: &Tarball) -> Result<Response, ClientError> {
-        let auth = format!("Bearer {}", self.cfg.token.expose());
-        let digest = protocol::content_digest(&t.record.sha256);
-        let target = protocol::episode_path(&self.cfg.host_id, id);
-        let mut progress = Progress::new(&format!("{id}: uploading"), Some(t.size));
-        let r = self.session.put_file(
-            id,
-            &target,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", protocol::CONTENT_TYPE),
-                ("Content-Digest", &digest),
-            ],
-            &t.path,
-            t.size,
-            &mut |n| progress.update(n),
-        );
-        progress.finish();
-        r
-    }
-
     /// No answer: `verdict::on_error` says whether the pass goes on.
     fn failed(&mut self, id: &str, e: &ClientError) {
         match verdict::on_error(e) {
@@ -513,7 +494,8 @@ impl Pass<'_> {
         self.summary.stopped = Some(code);
     }
 
-    fn apply(&mut self, id: &str, v: Verdict, t: &Tarball, resp: &Response, secs: f64) {
+    fn apply(&mut self, id: &str, v: Verdict, t: &Tarball, sent: &Sent) {
+        let (resp, secs) = (&sent.resp, sent.secs);
         match v {
             Verdict::Retire { stored } => {
                 if let Err(e) = retire::confirm(&self.dirs, id) {
@@ -530,7 +512,15 @@ impl Pass<'_> {
                     ),
                     None => format!("{:.1} MB (packed earlier),", t.size as f64 / 1e6),
                 };
-                let rate = t.size as f64 / secs.max(1e-6) / 1e6;
+                let sizes = match sent.resumed_from {
+                    Some(from) => format!(
+                        "{sizes} resumed at {:.1} MB ({:.1} MB sent),",
+                        from as f64 / 1e6,
+                        sent.bytes as f64 / 1e6
+                    ),
+                    None => sizes,
+                };
+                let rate = sent.bytes as f64 / secs.max(1e-6) / 1e6;
                 let outcome = if stored { "stored" } else { "already present" };
                 let sha = to_hex(&t.record.sha256);
                 match self.finish(id, &t.record, || {

@@ -84,6 +84,14 @@ pub fn verdict(code: u16, reply: Option<&Reply>) -> Verdict {
     match code {
         201 => Verdict::Retire { stored: true },
         200 => Verdict::Retire { stored: false },
+        // Another connection is appending to this upload right now; or the
+        // receiver still disagrees about the offset after one more try.
+        409 if reply.is_some_and(|r| {
+            r.status == status::UPLOAD_IN_PROGRESS || r.status == status::OFFSET_MISMATCH
+        }) =>
+        {
+            Verdict::Retry
+        }
         409 => Verdict::Quarantine {
             theirs: reply.and_then(|r| r.sha256.clone()),
         },
@@ -133,6 +141,8 @@ mod tests {
                 },
             ),
             (409, None, Verdict::Quarantine { theirs: None }),
+            (409, with("upload_in_progress"), Verdict::Retry),
+            (409, with("offset_mismatch"), Verdict::Retry),
             (400, with("digest_mismatch"), Verdict::Repack),
             (400, with("bad_request"), Verdict::Rejected),
             (400, None, Verdict::Rejected),

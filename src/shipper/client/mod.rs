@@ -21,12 +21,14 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 mod error;
+pub mod pace;
 mod session;
 
 pub use error::{ClientError, Stage};
 pub use session::Session;
 
 use error::{classify, tls_error};
+use pace::Pace;
 
 use crate::config::ReceiverUrl;
 use crate::fault;
@@ -49,6 +51,8 @@ pub struct Endpoint {
     pub tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
+    /// `max_upload_rate`, bytes per second: request bodies are paced to it.
+    pub upload_rate: Option<u64>,
 }
 
 /// What a handshake established, for `--ping`.
@@ -140,6 +144,8 @@ impl Endpoint {
                 buf: Vec::new(),
                 reusable: true,
                 requests: 0,
+                upload_rate: self.upload_rate,
+                answers_head: false,
             },
             info,
         ))
@@ -216,6 +222,10 @@ pub struct Connection {
     buf: Vec<u8>,
     reusable: bool,
     requests: u32,
+    upload_rate: Option<u64>,
+    /// The request in flight is a `HEAD`: its answer has no body, whatever
+    /// its `Content-Length` says (RFC 9110 §9.3.2).
+    answers_head: bool,
 }
 
 impl Connection {
@@ -248,6 +258,7 @@ impl Connection {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Response, ClientError> {
         self.requests += 1;
+        self.answers_head = method == "HEAD";
         let len;
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(b) = &body {
@@ -316,6 +327,7 @@ impl Connection {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), ClientError> {
         let mut chunk = vec![0u8; crate::IO_CHUNK];
+        let mut pace = self.upload_rate.map(|r| Pace::new(r, Instant::now()));
         let mut sent = 0u64;
         let mut mid_hit = false;
         let mut last_progress = Instant::now();
@@ -338,6 +350,9 @@ impl Connection {
                     return Err(ClientError::Body(e));
                 }
             };
+            if let Some(p) = &mut pace {
+                p.wait(n);
+            }
             if let Err(e) = self.tls.write_all(&chunk[..n]) {
                 self.reusable = false;
                 // The receiver may have answered and closed (507, 408):
@@ -424,7 +439,14 @@ impl Connection {
             ClientError::Protocol(e.to_string())
         })?;
         self.buf.drain(..end);
-        if head.status < 200 {
+        // 1xx, 204 and 304 never have a body, nor does an answer to HEAD.
+        if head.status < 200 || head.status == 204 || head.status == 304 || self.answers_head {
+            if head.status >= 200
+                && (head.version == http::Version::Http10
+                    || head.headers.has_token("connection", "close"))
+            {
+                self.reusable = false;
+            }
             return Ok(Response {
                 status: head.status,
                 headers: head.headers,

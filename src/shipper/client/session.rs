@@ -41,16 +41,49 @@ impl<'a> Session<'a> {
         Ok(self.conn.as_mut().expect("set just above"))
     }
 
-    /// PUTs the `len` bytes of the file at `path` to `target`. `label`
-    /// names the upload in the one log line a retry writes; `progress` gets
-    /// the body bytes sent so far (from zero again on a retry).
-    pub fn put_file(
+    /// `HEAD target`: where an upload stands (no body either way).
+    pub fn head(
         &mut self,
         label: &str,
         target: &str,
         headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
+        self.send(label, "HEAD", target, headers, None, &mut |_| {})
+    }
+
+    /// Sends the bytes `from..len` of the file at `path` as the body of a
+    /// `method` request to `target` (`PUT` from 0, `PATCH` from an
+    /// offset). `label` names the upload in the one log line a retry
+    /// writes; `progress` gets the body bytes sent so far (from zero again
+    /// on a retry).
+    #[allow(clippy::too_many_arguments)] // one request, spelled out
+    pub fn send_file(
+        &mut self,
+        label: &str,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
         path: &Path,
-        len: u64,
+        (from, len): (u64, u64),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Response, ClientError> {
+        self.send(
+            label,
+            method,
+            target,
+            headers,
+            Some((path, from, len)),
+            progress,
+        )
+    }
+
+    fn send(
+        &mut self,
+        label: &str,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        file: Option<(&Path, u64, u64)>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Response, ClientError> {
         let mut retried = false;
@@ -61,17 +94,12 @@ impl<'a> Session<'a> {
                 .is_some_and(|c| c.is_reusable() && c.requests() > 0);
             let authority = self.ep.url.authority();
             let conn = self.connection()?;
-            let mut file = File::open(path).map_err(|e| {
-                ClientError::Body(io::Error::new(
-                    e.kind(),
-                    format!("opening {}: {e}", path.display()),
-                ))
-            })?;
-            let body = Body {
-                reader: &mut file,
-                len,
+            let mut opened = match file {
+                None => None,
+                Some((path, from, len)) => Some((open_at(path, from)?, len - from)),
             };
-            match conn.request("PUT", target, &authority, headers, Some(body), progress) {
+            let body = opened.as_mut().map(|(f, n)| Body { reader: f, len: *n });
+            match conn.request(method, target, &authority, headers, body, progress) {
                 Ok(r) => return Ok(r),
                 Err(e) if reused && !retried && e.is_stale_connection() => {
                     info!("{label}: kept-alive connection was closed by the receiver; retrying on a new one");
@@ -92,4 +120,18 @@ impl<'a> Session<'a> {
             c.close();
         }
     }
+}
+
+/// The file at `path`, positioned at `from`: what a body is read from.
+fn open_at(path: &Path, from: u64) -> Result<File, ClientError> {
+    use std::io::{Seek, SeekFrom};
+    let body_err = |e: io::Error| {
+        ClientError::Body(io::Error::new(
+            e.kind(),
+            format!("opening {}: {e}", path.display()),
+        ))
+    };
+    let mut f = File::open(path).map_err(body_err)?;
+    f.seek(SeekFrom::Start(from)).map_err(body_err)?;
+    Ok(f)
 }
