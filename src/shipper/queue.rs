@@ -521,11 +521,14 @@ impl Pass<'_> {
                     None => sizes,
                 };
                 let rate = sent.bytes as f64 / secs.max(1e-6) / 1e6;
+                let limit = self.cfg.max_upload_rate.map_or(String::new(), |r| {
+                    format!(" (at most {})", crate::shipper::client::pace::show_rate(r))
+                });
                 let outcome = if stored { "stored" } else { "already present" };
                 let sha = to_hex(&t.record.sha256);
                 match self.finish(id, &t.record, || {
                     format!(
-                        "{outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s, sha256 {sha}"
+                        "{outcome}: {sizes} uploaded in {secs:.1}s at {rate:.1} MB/s{limit}, sha256 {sha}"
                     )
                 }) {
                     Finished::Retired => {

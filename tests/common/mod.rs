@@ -6,6 +6,7 @@
 
 pub mod ceph;
 pub mod episodes;
+pub mod forwarder;
 pub mod fs;
 pub mod lab;
 
