@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What to do to the client's bytes, for every connection from now on.
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Forward everything.
@@ -19,6 +20,7 @@ pub enum Fault {
     CutAfter(u64),
 }
 
+#[allow(dead_code)]
 pub struct Forwarder {
     pub addr: SocketAddr,
     /// Client-to-server bytes forwarded so far.
@@ -27,6 +29,7 @@ pub struct Forwarder {
     stop: Arc<AtomicBool>,
 }
 
+#[allow(dead_code)]
 impl Forwarder {
     /// Listens on 127.0.0.1:0 and forwards every connection to `to`.
     pub fn start(to: SocketAddr) -> Forwarder {
@@ -84,8 +87,10 @@ impl Drop for Forwarder {
     }
 }
 
+#[allow(dead_code)]
 type Counted = (Arc<AtomicU64>, Arc<std::sync::Mutex<(Fault, u64)>>);
 
+#[allow(dead_code)]
 fn pipe(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
     let mut buf = [0u8; 16 * 1024];
     loop {
