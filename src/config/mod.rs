@@ -301,12 +301,19 @@ pub struct ReceiverConfig {
     pub hosts: Vec<(String, TokenHash)>,
     /// Prometheus text file refreshed every 10 s. Defaults to none.
     pub metrics_file: Option<PathBuf>,
+    /// A partial upload untouched for longer is deleted. Defaults to 72 h.
+    pub partial_ttl: Duration,
+    /// A host's partial uploads together stay under this, oldest deleted
+    /// first. Defaults to `max_body_bytes`: one upload of the largest size
+    /// can always be resumed, and no host holds more than that unfinished.
+    pub max_partial_bytes_per_host: u64,
 }
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
      max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
-     body_timeout_s, idle_timeout_s, metrics_file, [hosts]";
+     body_timeout_s, idle_timeout_s, metrics_file, partial_ttl_hours, \
+     max_partial_bytes_per_host, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -403,6 +410,10 @@ impl ReceiverConfig {
             return Err(doc.err("hosts", "no hosts configured: add a [hosts] table with `\"HOST_ID\" = \"<sha256 of token>\"`"));
         }
         let metrics_file = doc.path("metrics_file")?;
+        let partial_ttl =
+            Duration::from_secs(3600 * doc.integer("partial_ttl_hours", 72, 1, 8760)?);
+        let max_partial_bytes_per_host =
+            doc.integer("max_partial_bytes_per_host", max_body_bytes, 0, 1 << 50)?;
         doc.finish(RECEIVER_KEYS)?;
         Ok(ReceiverConfig {
             path: path.to_owned(),
@@ -419,6 +430,8 @@ impl ReceiverConfig {
             idle_timeout,
             hosts,
             metrics_file,
+            partial_ttl,
+            max_partial_bytes_per_host,
         })
     }
 }
