@@ -432,13 +432,14 @@ impl Conn<'_> {
         // For an append that completes the upload, this may read back its
         // durable prefix: before `100 Continue`, and before the body's
         // deadline starts.
-        let mut pending = match resume.start(a.end(), a.complete) {
+        let pending = match resume.start(a.end(), a.complete) {
             Ok(p) => p,
             Err(e) => return self.early(s, req, &self.failed(host, episode, &e)),
         };
-        if let Err(next) = self.receive(s, req, &mut pending, buf, a, Instant::now()) {
-            return next;
-        }
+        let pending = match self.receive(s, req, pending, buf, a, Instant::now()) {
+            Ok(p) => p,
+            Err(next) => return next,
+        };
         let answer = if a.complete {
             match pending.commit(&a.digest) {
                 Ok(outcome) => Answer::upload_outcome(&outcome, &a.digest),
@@ -457,18 +458,19 @@ impl Conn<'_> {
     }
 
     /// Reads a body into `pending`, after `100 Continue` if the client
-    /// waits for it. A cut is logged (and answered when the client can
-    /// still read an answer); the bytes written so far stay in a partial
-    /// for a resume. `from`: when the body's deadline starts.
-    fn receive(
+    /// waits for it, and gives it back. A cut is logged (and answered when
+    /// the client can still read an answer) once `pending` is dropped: the
+    /// bytes written so far stay in its partial, released for a resume
+    /// before the line saying so. `from`: when the body's deadline starts.
+    fn receive<'p>(
         &self,
         s: &mut Stream,
         req: &Request,
-        pending: &mut Pending,
+        mut pending: Pending<'p>,
         buf: &mut Vec<u8>,
         body: &dyn BodyFacts,
         from: Instant,
-    ) -> Result<(), Next> {
+    ) -> Result<Pending<'p>, Next> {
         let cfg = self.env.config;
         let (host, episode, length) = (body.host(), body.episode(), body.length());
         if body::sends_continue(body.expect_continue(), buf) && s.send(answer::CONTINUE).is_err() {
@@ -479,25 +481,31 @@ impl Conn<'_> {
         let deadline = from + cfg.body_timeout + Duration::from_secs(length / MIN_BODY_RATE);
         s.arm(deadline, cfg.body_timeout);
         let mut reader = BodyReader::new(buf, s, length).halfway_point(body.halfway_point());
-        let copied = body::copy(&mut reader, pending);
+        let copied = body::copy(&mut reader, &mut pending);
         let got = reader.received();
-        let timeout = |why: &str| Answer::new(Status::Timeout).with_message(why.to_owned());
+        let cut = match copied {
+            Ok(()) => return Ok(pending),
+            Err(e) => e,
+        };
+        // A write error names the file: taken while `pending` is alive.
+        let cut = match cut {
+            CopyError::Write(e) => Err(pending.write_failed(e)),
+            CopyError::Read(cut) => Ok(cut),
+        };
         let kept = if pending.is_resumable() {
             format!("{} bytes kept to resume", pending.len())
         } else {
             "nothing kept".to_owned()
         };
-        let cut = match copied {
-            Ok(()) => return Ok(()),
-            Err(CopyError::Write(e)) => {
-                let answer = self.failed(host, episode, &pending.write_failed(e));
-                let next = self.answer(s, req, &answer, BodyRead::Partly(got), false);
-                if pending.is_resumable() {
-                    info!("{host}/{episode}: {kept}");
-                }
-                return Err(next);
+        drop(pending);
+        let timeout = |why: &str| Answer::new(Status::Timeout).with_message(why.to_owned());
+        let cut = match cut {
+            Err(e) => {
+                let answer = self.failed(host, episode, &e);
+                info!("{host}/{episode}: the upload failed after {got} of {length} bytes; {kept}");
+                return Err(self.answer(s, req, &answer, BodyRead::Partly(got), false));
             }
-            Err(CopyError::Read(cut)) => cut,
+            Ok(cut) => cut,
         };
         match cut {
             Cut::Closed => {
@@ -545,13 +553,14 @@ impl Conn<'_> {
         if let Some(answer) = self.already_stored(host, episode, admit::against_store(put, found)) {
             return early(s, &answer);
         }
-        let mut pending = match store.begin_upload(host, episode, &put.digest, length) {
+        let pending = match store.begin_upload(host, episode, &put.digest, length) {
             Ok(p) => p,
             Err(e) => return early(s, &failed(&e)),
         };
-        if let Err(next) = self.receive(s, req, &mut pending, buf, put, req.started) {
-            return next;
-        }
+        let pending = match self.receive(s, req, pending, buf, put, req.started) {
+            Ok(p) => p,
+            Err(next) => return next,
+        };
         let answer = match pending.commit(&put.digest) {
             Ok(outcome) => Answer::outcome(&outcome, &put.digest),
             Err(e) => failed(&e),

@@ -8,6 +8,7 @@ pub mod ceph;
 pub mod episodes;
 pub mod fs;
 pub mod lab;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
