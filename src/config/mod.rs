@@ -448,6 +448,44 @@ mod tests {
         Doc::parse(Path::new("/etc/x.toml"), text)
     }
 
+    /// `partial_ttl_hours` and `max_partial_bytes_per_host`: defaults (the
+    /// cap follows `max_body_bytes`), values, and a refusal naming the key.
+    #[test]
+    fn receiver_partial_bounds() {
+        let dir = std::env::temp_dir().join(format!("cis490-cfg-partials-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("receiver.toml");
+        let load = |extra: &str| {
+            let toml = format!(
+                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
+                dir.join("store").display(),
+                "ab".repeat(32)
+            );
+            std::fs::write(&path, toml).unwrap();
+            ReceiverConfig::load(&path)
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.partial_ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(c.max_partial_bytes_per_host, c.max_body_bytes);
+        let c = load("max_body_bytes = 5000\n").unwrap();
+        assert_eq!(c.max_partial_bytes_per_host, 5000);
+        let c = load("partial_ttl_hours = 1\nmax_partial_bytes_per_host = 0\n").unwrap();
+        assert_eq!(
+            (c.partial_ttl, c.max_partial_bytes_per_host),
+            (Duration::from_secs(3600), 0)
+        );
+        for bad in ["partial_ttl_hours = 0\n", "partial_ttl_hours = 8761\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("partial_ttl_hours"), "{e}");
+        }
+        let e = load("max_partial_bytes_per_host = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_partial_bytes_per_host"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn receiver_urls() {
         let u = ReceiverUrl::parse("https://recv.lab:8443").unwrap();

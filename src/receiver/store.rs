@@ -1245,4 +1245,163 @@ mod tests {
         }
         fs::remove_dir_all(&root).unwrap();
     }
+
+    fn hours(h: u64) -> Duration {
+        Duration::from_secs(h * 3600)
+    }
+
+    #[test]
+    fn partial_names() {
+        let d = [0xab; 32];
+        let name = partial_name("ep.1", &d);
+        assert_eq!(name, format!(".partial-ep.1.{}", "ab".repeat(32)));
+        assert_eq!(
+            parse_partial(&name),
+            Some(("ep.1", "ab".repeat(32).as_str()))
+        );
+        for not_ours in [
+            ".upload-e.1.0",
+            ".partial-e",
+            ".partial-e.abc",
+            &format!(".partial-.{}", "ab".repeat(32)),
+            &format!(".partial-e.{}", "AB".repeat(32)),
+            &format!("e.{}", "ab".repeat(32)),
+        ] {
+            assert_eq!(parse_partial(not_ours), None, "{not_ours}");
+        }
+    }
+
+    /// The sweep's choice, as a table: (host, size, age h, busy, stored).
+    #[test]
+    fn what_the_sweep_deletes() {
+        let c = |host: &str, size, age, busy, stored| Candidate {
+            host: host.into(),
+            size,
+            age: hours(age),
+            busy,
+            stored,
+        };
+        let bounds = Bounds {
+            ttl: hours(72),
+            per_host: 100,
+        };
+        let cands = vec![
+            c("a", 10, 80, false, false), // 0: expired
+            c("a", 10, 80, true, false),  // 1: expired, but claimed
+            c("a", 10, 1, false, true),   // 2: stored
+            c("b", 60, 5, false, false),  // 3: b's oldest: over the cap
+            c("b", 60, 2, false, false),  // 4: b's newest: kept
+            c("c", 90, 9, true, false),   // 5: claimed, over alone with 6
+            c("c", 20, 1, false, false),  // 6: the only deletable of c
+        ];
+        let mut got = doomed(&cands, bounds);
+        got.sort_by_key(|(i, _)| *i);
+        assert_eq!(
+            got,
+            vec![
+                (0, Why::Expired(hours(72))),
+                (2, Why::Stored),
+                (3, Why::OverCap(100)),
+                (6, Why::OverCap(100)),
+            ]
+        );
+        assert!(doomed(&cands, Bounds::default())
+            .iter()
+            .all(|(_, w)| !matches!(w, Why::OverCap(_))));
+    }
+
+    #[test]
+    fn room_for_an_upload_oldest_first() {
+        // (size, age, deletable)
+        let parts = [
+            (40, hours(3), true),
+            (40, hours(9), true),
+            (40, hours(1), false),
+        ];
+        assert_eq!(oldest_over(&parts, 0, 200), Vec::<usize>::new());
+        assert_eq!(
+            oldest_over(&parts, 80, 200),
+            Vec::<usize>::new(),
+            "fits exactly"
+        );
+        assert_eq!(oldest_over(&parts, 81, 200), vec![1]);
+        assert_eq!(oldest_over(&parts, 120, 200), vec![1]);
+        assert_eq!(oldest_over(&parts, 121, 200), vec![1, 0]);
+        assert_eq!(
+            oldest_over(&parts, 500, 200),
+            vec![1, 0],
+            "never the claimed one"
+        );
+        assert_eq!(oldest_over(&parts, 0, u64::MAX), Vec::<usize>::new());
+    }
+
+    /// A partial's life in one process: cut (kept, with its hash), offset,
+    /// resumed without re-reading, refused while claimed, completed.
+    #[test]
+    fn a_partial_is_kept_resumed_and_published() {
+        let root = tempdir("partial");
+        let (store, _) = Store::open(&root).unwrap();
+        let body = b"0123456789abcdef";
+        let d: [u8; 32] = Sha256::digest(body).into();
+        let mut up = store.begin_upload("h", "e", &d, 16).unwrap();
+        up.write_all(&body[..6]).unwrap();
+        assert!(up.is_resumable());
+        drop(up); // cut
+        let partial = root.join(format!("h/.partial-e.{}", to_hex(&d)));
+        assert_eq!(fs::read(&partial).unwrap(), &body[..6]);
+        assert_eq!(
+            store.offset("h", "e", &d).unwrap(),
+            Held {
+                offset: 6,
+                length: Some(16)
+            }
+        );
+        let r = store.resume("h", "e", &d).unwrap();
+        assert!(r.hashed.is_some(), "this process hashed the prefix");
+        assert!(matches!(store.resume("h", "e", &d), Err(ResumeError::Busy)));
+        let mut up = r.start(10, false).unwrap();
+        up.write_all(&body[6..10]).unwrap();
+        assert_eq!(up.pause().unwrap(), 10);
+        let r = store.resume("h", "e", &d).unwrap();
+        assert_eq!(r.held().offset, 10);
+        let mut up = r.start(16, true).unwrap();
+        up.write_all(&body[10..]).unwrap();
+        assert_eq!(up.commit(&d).unwrap(), Outcome::Stored);
+        assert_eq!(fs::read(root.join("h/e.tar.zst")).unwrap(), body);
+        assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A new store (a restart) has no hash state: the prefix is read back.
+    #[test]
+    fn a_resume_in_a_new_process_reads_the_prefix() {
+        let root = tempdir("prefix");
+        let body = b"resumed after a restart";
+        let d: [u8; 32] = Sha256::digest(body).into();
+        {
+            let (store, _) = Store::open(&root).unwrap();
+            let mut up = store.begin_upload("h", "e", &d, body.len() as u64).unwrap();
+            up.write_all(&body[..9]).unwrap();
+        }
+        let (store, _) = Store::open(&root).unwrap();
+        let r = store.resume("h", "e", &d).unwrap();
+        assert!(r.hashed.is_none());
+        assert_eq!(
+            r.held(),
+            Held {
+                offset: 9,
+                length: None
+            }
+        );
+        let mut up = r.start(body.len() as u64, true).unwrap();
+        up.write_all(&body[9..]).unwrap();
+        assert_eq!(up.commit(&d).unwrap(), Outcome::Stored);
+        // An empty cut leaves nothing; another digest sweeps the old one.
+        let mut up = store.begin_upload("h", "f", &[1; 32], 5).unwrap();
+        up.write_all(b"abc").unwrap();
+        drop(up);
+        drop(store.begin_upload("h", "f", &[2; 32], 5).unwrap());
+        assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
