@@ -350,6 +350,10 @@ fn append(
     if end > max_body_bytes {
         return Err(too_large(end, "upload"));
     }
+    if complete && end == 0 {
+        // As for PUT: no tar.zst is empty.
+        return Err(bad("empty upload: an episode tarball is never empty"));
+    }
     let a = Append {
         host: String::new(),
         episode: String::new(),
@@ -884,6 +888,8 @@ mod tests {
             ("no Upload-Complete", patch(|r| r.replace("Upload-Complete: ?1\r\n", "")),
                 (400, "bad_request", None, h)),
             ("Upload-Complete: true", patch(|r| r.replace("?1", "true")), (400, "bad_request", None, h)),
+            ("an empty upload", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 0").replace("Content-Length: 3", "Content-Length: 0")),
+                (400, "bad_request", None, h)),
             ("beyond Upload-Length", patch(|r| r.replace("Host: x\r\n", "Host: x\r\nUpload-Length: 7\r\n")),
                 (400, "bad_request", None, h)),
             ("complete before Upload-Length", patch(|r| r.replace("Host: x\r\n", "Host: x\r\nUpload-Length: 9\r\n")),
