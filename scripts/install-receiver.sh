@@ -463,6 +463,17 @@ client_ca_file = "/etc/cis490/tls/ca.crt"
 # Seconds a kept-alive connection may sit idle between requests. Default 30.
 #idle_timeout_s = 30
 
+# A cut upload leaves a partial file (<store_dir>/<host>/.partial-<id>.<sha256>)
+# that the shipper resumes instead of starting over. Partials untouched for
+# this many hours are deleted (at start and every 10 s). Default 72.
+#partial_ttl_hours = 72
+
+# Bytes of partial uploads one host may keep; beyond, its oldest are
+# deleted (never one being written). Set it to at least max_body_bytes for
+# every upload to stay resumable, and mind the disk: hosts x this.
+# Default: max_body_bytes.
+#max_partial_bytes_per_host = 68719476736
+
 # One line per lab host: "HOST_ID" = "<sha256 of the host's token, lowercase
 # hex>". `scripts/pki.sh host HOST_ID` prints the line to paste. The receiver
 # never sees the tokens themselves; each host needs its own token.

@@ -377,7 +377,7 @@ nsenter -t "$CT_PID" -n tc qdisc add dev lo root tbf rate 40mbit burst 256kb lat
 record ep-big 40
 ct_ok "systemctl start --no-block cis490-shipper.service"
 wait_for 60 "an upload in flight" \
-    "find /var/lib/cis490-receiver/lab-01 -name '.upload-ep-big.*' -size +1M | grep -q ."
+    "find /var/lib/cis490-receiver/lab-01 \\( -name '.partial-ep-big.*' -o -name '.upload-ep-big.*' \\) -size +1M | grep -q ."
 ct "systemctl stop cis490-receiver"
 [[ $RC -eq 0 ]] || fail "systemctl stop cis490-receiver: exit $RC"
 nsenter -t "$CT_PID" -n tc qdisc del dev lo root

@@ -34,6 +34,8 @@ pub const POINTS: &[&str] = &[
     "retain.after_trash",
     "recv.after_head",
     "recv.mid_body",
+    "recv.mid_append",
+    "recv.before_offset",
     "recv.after_tmp_fsync",
     "recv.after_publish",
     "recv.after_dir_fsync",

@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! POST /v1/ping                              -> 200 {"status":"ok","host_id",..}
-//! PUT  /v1/episodes/{host_id}/{episode_id}   -> 201 stored | 200 present
+//! PUT   /v1/episodes/{host_id}/{episode_id}  -> 201 stored | 200 present
 //!                                               | 409 conflict | 4xx/5xx
+//! HEAD  /v1/episodes/{host_id}/{episode_id}  -> 204 (Upload-Offset) | 200 ?1 | 409
+//! PATCH /v1/episodes/{host_id}/{episode_id}  -> 204 (Upload-Offset) | as PUT
 //! ```
 //! docs/transport.md is the prose version; keep the two in step.
 
@@ -17,11 +19,29 @@ pub const PING_PATH: &str = "/v1/ping";
 pub const EPISODES_PREFIX: &str = "/v1/episodes/";
 pub const CONTENT_TYPE: &str = "application/zstd";
 
+/// The methods an episode's path accepts, for `Allow`.
+pub const EPISODE_METHODS: &str = "PUT, HEAD, PATCH";
+
 /// What a request target names, decided from the raw bytes of the path.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Ping,
-    Episode { host_id: String, episode_id: String },
+    /// `PUT`: a whole upload.
+    Episode {
+        host_id: String,
+        episode_id: String,
+    },
+    /// `HEAD`: how much of an upload the receiver holds (docs/transport.md,
+    /// "Resumable uploads").
+    Offset {
+        host_id: String,
+        episode_id: String,
+    },
+    /// `PATCH`: bytes appended to an upload.
+    Append {
+        host_id: String,
+        episode_id: String,
+    },
 }
 
 /// Why a target or method was refused, with the status it earns.
@@ -72,12 +92,21 @@ pub fn route(method: &str, target: &str) -> Result<Route, RouteError> {
     if !ids::is_valid(host) || !ids::is_valid(episode) {
         return Err(RouteError::BadId);
     }
+    let (host_id, episode_id) = (host.to_owned(), episode.to_owned());
     match method {
         "PUT" => Ok(Route::Episode {
-            host_id: host.to_owned(),
-            episode_id: episode.to_owned(),
+            host_id,
+            episode_id,
         }),
-        _ => Err(RouteError::MethodNotAllowed("PUT")),
+        "HEAD" => Ok(Route::Offset {
+            host_id,
+            episode_id,
+        }),
+        "PATCH" => Ok(Route::Append {
+            host_id,
+            episode_id,
+        }),
+        _ => Err(RouteError::MethodNotAllowed(EPISODE_METHODS)),
     }
 }
 
@@ -94,31 +123,70 @@ pub fn content_digest(sha256: &[u8; 32]) -> String {
 /// algorithms may be present and are ignored; a missing, repeated or
 /// malformed sha-256 is an error whose text goes into the 400 answer.
 pub fn parse_content_digest(value: &str) -> Result<[u8; 32], &'static str> {
+    sha256_member(value).map_err(|e| e.text(false))
+}
+
+/// Why a digest dictionary (`Content-Digest`, `Repr-Digest`: the same
+/// syntax, RFC 9530) has no usable sha-256 member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DigestFault {
+    Member,
+    Twice,
+    Colons,
+    Base64,
+    Length,
+    Missing,
+}
+
+impl DigestFault {
+    /// The 400 answer's text, naming the field (static: it goes into an
+    /// `Answer` without allocation, as every framing refusal does).
+    fn text(self, repr: bool) -> &'static str {
+        use DigestFault::*;
+        match (self, repr) {
+            (Member, false) => "Content-Digest members must look like sha-256=:<base64>:",
+            (Twice, false) => "Content-Digest names sha-256 twice",
+            (Colons, false) => {
+                "Content-Digest sha-256 value must be wrapped in colons: sha-256=:<base64>:"
+            }
+            (Base64, false) => "Content-Digest sha-256 value is not valid base64",
+            (Length, false) => "Content-Digest sha-256 value is not 32 bytes",
+            (Missing, false) => "Content-Digest has no sha-256 member",
+            (Member, true) => "Repr-Digest members must look like sha-256=:<base64>:",
+            (Twice, true) => "Repr-Digest names sha-256 twice",
+            (Colons, true) => {
+                "Repr-Digest sha-256 value must be wrapped in colons: sha-256=:<base64>:"
+            }
+            (Base64, true) => "Repr-Digest sha-256 value is not valid base64",
+            (Length, true) => "Repr-Digest sha-256 value is not 32 bytes",
+            (Missing, true) => "Repr-Digest has no sha-256 member",
+        }
+    }
+}
+
+fn sha256_member(value: &str) -> Result<[u8; 32], DigestFault> {
     let mut found = None;
     // Base64 has no commas, so a plain split is exact for this dictionary.
     for member in value.split(',') {
         let member = member.trim_matches([' ', '\t']);
         let Some((key, val)) = member.split_once('=') else {
-            return Err("Content-Digest members must look like sha-256=:<base64>:");
+            return Err(DigestFault::Member);
         };
         if key != "sha-256" {
             continue;
         }
         if found.is_some() {
-            return Err("Content-Digest names sha-256 twice");
+            return Err(DigestFault::Twice);
         }
         let inner = val
             .strip_prefix(':')
             .and_then(|v| v.strip_suffix(':'))
-            .ok_or("Content-Digest sha-256 value must be wrapped in colons: sha-256=:<base64>:")?;
-        let bytes =
-            base64_decode(inner).ok_or("Content-Digest sha-256 value is not valid base64")?;
-        let digest: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "Content-Digest sha-256 value is not 32 bytes")?;
+            .ok_or(DigestFault::Colons)?;
+        let bytes = base64_decode(inner).ok_or(DigestFault::Base64)?;
+        let digest: [u8; 32] = bytes.try_into().map_err(|_| DigestFault::Length)?;
         found = Some(digest);
     }
-    found.ok_or("Content-Digest has no sha-256 member")
+    found.ok_or(DigestFault::Missing)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -454,6 +522,13 @@ pub mod resumable {
     /// Which upload a `HEAD` or `PATCH` continues is (host, id, this).
     pub const REPR_DIGEST: &str = "Repr-Digest";
 
+    /// The sha-256 member of a `Repr-Digest` (the digest of the whole
+    /// tarball; the same dictionary syntax as `Content-Digest`), or the
+    /// 400 answer's text.
+    pub fn parse_repr_digest(v: &str) -> Result<[u8; 32], &'static str> {
+        super::sha256_member(v).map_err(|e| e.text(true))
+    }
+
     /// An sf-integer that is not negative (RFC 8941 §3.3.1: at most 15
     /// digits, no sign but `-`, no leading `+`, no whitespace inside).
     pub fn parse_offset(v: &str) -> Result<u64, &'static str> {
@@ -513,6 +588,12 @@ mod tests {
             assert!(parse_complete(bad).is_err(), "{bad:?}");
         }
         assert_eq!(complete(true), "?1");
+        let d = [9u8; 32];
+        assert_eq!(parse_repr_digest(&super::content_digest(&d)), Ok(d));
+        let e = parse_repr_digest("sha-512=:AAAA:").unwrap_err();
+        assert!(e.starts_with("Repr-Digest "), "{e}");
+        let e = parse_content_digest("").unwrap_err();
+        assert!(e.starts_with("Content-Digest "), "{e}");
     }
 
     #[test]
@@ -531,8 +612,30 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/v1/episodes/a/b"),
-            Err(RouteError::MethodNotAllowed("PUT"))
+            Err(RouteError::MethodNotAllowed("PUT, HEAD, PATCH"))
         );
+        let (host_id, episode_id) = ("a".to_owned(), "b".to_owned());
+        assert_eq!(
+            route("HEAD", "/v1/episodes/a/b"),
+            Ok(Route::Offset {
+                host_id: host_id.clone(),
+                episode_id: episode_id.clone()
+            })
+        );
+        assert_eq!(
+            route("PATCH", "/v1/episodes/a/b"),
+            Ok(Route::Append {
+                host_id,
+                episode_id
+            })
+        );
+        assert_eq!(
+            route("PATCH", "/v1/ping"),
+            Err(RouteError::MethodNotAllowed("POST"))
+        );
+        for hostile in ["/v1/episodes/a/..", "/v1/episodes/a/%2e"] {
+            assert!(route("HEAD", hostile).is_err() && route("PATCH", hostile).is_err());
+        }
         assert_eq!(route("PUT", "/v2/x"), Err(RouteError::NotFound));
     }
 

@@ -150,7 +150,8 @@ impl World {
             }
         }
         // I2/I3 on the receiver: no .partial anywhere, every final complete
-        // and correct, nothing but temps, finals and sidecars.
+        // and correct, nothing but temps, partial uploads (kept to resume:
+        // never a final, so never torn), finals and sidecars.
         let store_snap = snapshot(&self.store(), Mtimes::Ignore);
         for p in store_snap.keys() {
             assert!(!p.ends_with(".partial"), "{case}: I2: store holds {p}");
@@ -159,6 +160,14 @@ impl World {
         for name in names(&self.host_dir()) {
             if name.starts_with(".upload-") {
                 continue; // an upload in flight, or a crash's leftover
+            }
+            if let Some(rest) = name.strip_prefix(".partial-") {
+                let (id, hex) = rest.rsplit_once('.').unwrap_or_default();
+                assert!(
+                    IDS.contains(&id) && hex.len() == 64,
+                    "{case}: I3: unexpected partial {name}"
+                );
+                continue;
             }
             let path = self.host_dir().join(&name);
             if let Some(id) = name.strip_suffix(".tar.zst") {
@@ -534,10 +543,13 @@ fn receiver_crash(point: &str, nth: usize) {
 
 #[test]
 fn receiver_crash_points_converge() {
+    // The points inside a resumed upload (HEAD, PATCH) are driven by
+    // `receiver_crash_points_inside_a_resume_converge`: a pass of PUTs
+    // never reaches them.
     let points: Vec<&'static str> = cis490::fault::POINTS
         .iter()
         .copied()
-        .filter(|p| p.starts_with("recv."))
+        .filter(|p| p.starts_with("recv.") && !RESUME_POINTS.contains(p))
         .collect();
     assert!(points.len() >= 6, "receiver points: {points:?}");
     let mut cases: Vec<Case> = Vec::new();
@@ -901,4 +913,120 @@ fn retention_crash_leaves_no_half_episode_that_looks_whole() {
     for id in IDS {
         assert!(w.stored(id).exists());
     }
+}
+
+/// Crash points reached only by a `HEAD` or `PATCH`.
+const RESUME_POINTS: [&str; 2] = ["recv.mid_append", "recv.before_offset"];
+
+/// A plain receiver on `store` (raw HTTP: the resume is driven by hand;
+/// the lead's shipper drives it in the harness above), with `env`.
+fn plain_receiver(dir: &TempDir, env: &[(&str, &str)]) -> Receiver {
+    let opts = ReceiverOptions::plain(&dir.join("store"));
+    let config = dir.join("receiver.toml");
+    write_file(&config, &opts.render(), 0o644);
+    Receiver::start_with_config(&config, false, true, env)
+}
+
+/// Waits for a receiver that a crash point should kill, and checks it did.
+fn killed_at(r: &mut Receiver, point: &str) {
+    let status = wait_child(&mut r.child, "receiver");
+    assert_eq!(status.signal(), Some(9), "{point}: receiver {status:?}");
+    r.wait_log(&format!("CRASHPOINT {point}"));
+}
+
+/// The receiver killed inside a resume: the partial's offset, reported by
+/// a restarted receiver, never exceeds the bytes sent, and a PATCH from
+/// there publishes exactly the upload's bytes.
+fn resume_crash(point: &str) {
+    use common::raw::*;
+    let dir = TempDir::new(&case_name("recv-resume-crash", point));
+    let whole = noise(3 << 20, 99);
+    let host_dir = dir.join("store/lab-01");
+    let partials = || -> Vec<String> {
+        names(&host_dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".partial-"))
+            .collect()
+    };
+    // A PUT cut after 1 MiB: a partial exists.
+    let mut r = plain_receiver(&dir, &[("CIS490_CRASH_AT", point)]);
+    cut_put(r.http.unwrap(), "e", &whole, 1 << 20);
+    r.wait_log("client closed after");
+    let mut sent = 1 << 20;
+    match point {
+        "recv.mid_append" => {
+            // HEAD, then a PATCH of the rest: killed after some of it.
+            let resp = exchange(r.http.unwrap(), head_req("e", &whole).as_bytes());
+            let off = offset_of(&resp);
+            let resp = exchange(r.http.unwrap(), &patch("e", &whole, off, whole.len() - off));
+            assert!(resp.is_empty(), "{point}: answered {resp}");
+            sent = whole.len();
+        }
+        "recv.before_offset" => {
+            // Killed after the HEAD's fsync, before its 204.
+            let resp = exchange(r.http.unwrap(), head_req("e", &whole).as_bytes());
+            assert!(resp.is_empty(), "{point}: answered {resp}");
+            killed_at(&mut r, point);
+            // Again, inside an append with Upload-Complete: ?0: after its
+            // fsync, before its 204 (the HEAD before it is hit 1).
+            r = plain_receiver(&dir, &[("CIS490_CRASH_AT", &format!("{point}@2"))]);
+            let resp = exchange(r.http.unwrap(), head_req("e", &whole).as_bytes());
+            let off = offset_of(&resp);
+            assert!(off <= sent, "{point}: offset {off} of {sent} sent");
+            let resp = exchange(r.http.unwrap(), &patch("e", &whole, off, 500_000));
+            assert!(resp.is_empty(), "{point}: answered {resp}");
+            sent = off + 500_000;
+        }
+        _ => unreachable!("{point}"),
+    }
+    killed_at(&mut r, point);
+    assert!(
+        !host_dir.join("e.tar.zst").exists(),
+        "{point}: a final before the upload completed"
+    );
+    assert_eq!(partials().len(), 1, "{point}: {:?}", partials());
+
+    // A restarted receiver: the durable offset, then the rest.
+    let r = plain_receiver(&dir, &[]);
+    let resp = exchange(r.http.unwrap(), head_req("e", &whole).as_bytes());
+    assert_eq!(status_of(&resp), 204, "{point}: {resp}");
+    let off = offset_of(&resp);
+    assert!(
+        off > 0 && off <= sent,
+        "{point}: offset {off} of {sent} sent"
+    );
+    if point == "recv.before_offset" {
+        assert_eq!(
+            off, sent,
+            "{point}: the append was fsynced before the crash"
+        );
+    }
+    let resp = exchange(r.http.unwrap(), &patch("e", &whole, off, whole.len() - off));
+    assert_eq!(status_of(&resp), 201, "{point}: {resp}");
+    assert_eq!(
+        fs::read(host_dir.join("e.tar.zst")).unwrap(),
+        whole,
+        "{point}: stored bytes"
+    );
+    assert_eq!(
+        sidecar_hex(&host_dir.join("e.tar.zst.sha256")),
+        Some(hex_of(&whole))
+    );
+    assert!(partials().is_empty(), "{point}: {:?}", partials());
+}
+
+#[test]
+fn receiver_crash_points_inside_a_resume_converge() {
+    // The PUT harness above drives every other receiver point.
+    for p in RESUME_POINTS {
+        assert!(
+            cis490::fault::POINTS.contains(&p),
+            "{p} is not a crash point"
+        );
+    }
+    let cases: Vec<Case> = RESUME_POINTS
+        .iter()
+        .map(|&p| -> Case { (format!("resume {p}"), Box::new(move || resume_crash(p))) })
+        .collect();
+    run_cases(cases);
 }

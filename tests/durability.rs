@@ -3,7 +3,7 @@
 //! strace, must come in the order that makes each acknowledgement durable
 //! (bad-inputs.md S9; docs/transport.md).
 //!
-//! Receiver: fsync(temp) < link(temp, final) < fsync(host dir) < "201" written.
+//! Receiver: fsync(partial) < link(partial, final) < fsync(host dir) < "201" written.
 //! Shipper:  fsync(.partial) < sidecar in place < rename(.partial, final)
 //!           < fsync(outbox/) < the upload's first socket write;
 //!           rename(episodes/id, shipped/id) < fsync(episodes/), fsync(shipped/)
@@ -111,11 +111,12 @@ fn s9_receiver_makes_an_upload_durable_before_answering_201() {
     );
     let lines = read_trace(&trace);
     let host_dir = store.join("lab-01").display().to_string();
-    let temp_fsync = expect(&lines, 0, &["fsync(", "/.upload-ep-1."]);
+    // The upload's file is its partial (docs/transport.md, §3).
+    let temp_fsync = expect(&lines, 0, &["fsync(", "/.partial-ep-1."]);
     let link = expect(
         &lines,
         temp_fsync,
-        &["link", "/.upload-ep-1.", "/ep-1.tar.zst\""],
+        &["link", "/.partial-ep-1.", "/ep-1.tar.zst\""],
     );
     let dir_fsync = expect(&lines, link, &["fsync(", &format!("<{host_dir}>")]);
     let answer = expect(&lines, dir_fsync, &["HTTP/1.1 201"]);

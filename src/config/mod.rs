@@ -312,12 +312,19 @@ pub struct ReceiverConfig {
     pub hosts: Vec<(String, TokenHash)>,
     /// Prometheus text file refreshed every 10 s. Defaults to none.
     pub metrics_file: Option<PathBuf>,
+    /// A partial upload untouched for longer is deleted. Defaults to 72 h.
+    pub partial_ttl: Duration,
+    /// A host's partial uploads together stay under this, oldest deleted
+    /// first. Defaults to `max_body_bytes`: one upload of the largest size
+    /// can always be resumed, and no host holds more than that unfinished.
+    pub max_partial_bytes_per_host: u64,
 }
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
      max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
-     body_timeout_s, idle_timeout_s, metrics_file, [hosts]";
+     body_timeout_s, idle_timeout_s, metrics_file, partial_ttl_hours, \
+     max_partial_bytes_per_host, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -414,6 +421,10 @@ impl ReceiverConfig {
             return Err(doc.err("hosts", "no hosts configured: add a [hosts] table with `\"HOST_ID\" = \"<sha256 of token>\"`"));
         }
         let metrics_file = doc.path("metrics_file")?;
+        let partial_ttl =
+            Duration::from_secs(3600 * doc.integer("partial_ttl_hours", 72, 1, 8760)?);
+        let max_partial_bytes_per_host =
+            doc.integer("max_partial_bytes_per_host", max_body_bytes, 0, 1 << 50)?;
         doc.finish(RECEIVER_KEYS)?;
         Ok(ReceiverConfig {
             path: path.to_owned(),
@@ -430,6 +441,8 @@ impl ReceiverConfig {
             idle_timeout,
             hosts,
             metrics_file,
+            partial_ttl,
+            max_partial_bytes_per_host,
         })
     }
 }
@@ -444,6 +457,44 @@ mod tests {
 
     fn doc(text: &str) -> Result<Doc, ConfigError> {
         Doc::parse(Path::new("/etc/x.toml"), text)
+    }
+
+    /// `partial_ttl_hours` and `max_partial_bytes_per_host`: defaults (the
+    /// cap follows `max_body_bytes`), values, and a refusal naming the key.
+    #[test]
+    fn receiver_partial_bounds() {
+        let dir = std::env::temp_dir().join(format!("cis490-cfg-partials-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("receiver.toml");
+        let load = |extra: &str| {
+            let toml = format!(
+                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
+                dir.join("store").display(),
+                "ab".repeat(32)
+            );
+            std::fs::write(&path, toml).unwrap();
+            ReceiverConfig::load(&path)
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.partial_ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(c.max_partial_bytes_per_host, c.max_body_bytes);
+        let c = load("max_body_bytes = 5000\n").unwrap();
+        assert_eq!(c.max_partial_bytes_per_host, 5000);
+        let c = load("partial_ttl_hours = 1\nmax_partial_bytes_per_host = 0\n").unwrap();
+        assert_eq!(
+            (c.partial_ttl, c.max_partial_bytes_per_host),
+            (Duration::from_secs(3600), 0)
+        );
+        for bad in ["partial_ttl_hours = 0\n", "partial_ttl_hours = 8761\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("partial_ttl_hours"), "{e}");
+        }
+        let e = load("max_partial_bytes_per_host = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_partial_bytes_per_host"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

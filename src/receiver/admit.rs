@@ -1,9 +1,11 @@
 //! Request admission: what a request earns from its head alone, before a
-//! body byte is read or `100 Continue` is sent. Two pure steps, in the
-//! order of docs/transport.md ("Upload"): [`request`] decides framing,
-//! route, credentials and identity, length and digest header; [`against_store`]
-//! decides from what the store holds under the id. Each is a table over
-//! plain data, tested case by case below.
+//! body byte is read or `100 Continue` is sent. Pure steps, in the order of
+//! docs/transport.md ("Upload", "Resumable uploads"): [`request`] decides
+//! framing, route, credentials and identity, length and the digest and
+//! upload fields; [`against_store`] (and [`probe_against_store`] for a
+//! `HEAD`) decides from what the store holds under the id; for an append,
+//! [`against_partial`] decides from the upload's durable offset. Each is a
+//! table over plain data, tested case by case below.
 //!
 //! Why two steps around the store lookup rather than one function fed the
 //! lookup's result: the lookup is I/O on a path built from the request, and
@@ -21,7 +23,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::auth::{self, Credentials, TokenHash};
 use crate::http::{self, RequestFraming, RequestHead};
-use crate::protocol::{self, Route, RouteError, Status};
+use crate::protocol::{self, resumable, Route, RouteError, Status};
 use crate::receiver::answer::Answer;
 use crate::receiver::store::Existing;
 use crate::tls;
@@ -88,6 +90,10 @@ pub enum Admitted<'a> {
         keep_alive: bool,
     },
     Put(Put),
+    /// `HEAD`: how much of an upload is held.
+    Probe(Probe),
+    /// `PATCH`: bytes appended to an upload.
+    Append(Append),
 }
 
 /// An upload whose head passed: the store decides the rest.
@@ -102,6 +108,42 @@ pub struct Put {
     pub digest: [u8; 32],
     pub keep_alive: bool,
     pub expect_continue: bool,
+}
+
+/// A `HEAD` whose head passed: the store says what it holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub host: String,
+    pub episode: String,
+    /// `Repr-Digest`: which upload of the episode.
+    pub digest: [u8; 32],
+    pub keep_alive: bool,
+}
+
+/// A `PATCH` whose head passed: the upload's offset decides the rest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Append {
+    pub host: String,
+    pub episode: String,
+    /// `Repr-Digest`: the whole tarball's sha256.
+    pub digest: [u8; 32],
+    /// `Upload-Offset`: where these bytes go.
+    pub offset: u64,
+    /// `Content-Length`: 0 to `max_body_bytes`, `offset` + it too.
+    pub length: u64,
+    /// `Upload-Complete`: these bytes end the upload.
+    pub complete: bool,
+    /// `Upload-Length`, if the client sent it.
+    pub upload_length: Option<u64>,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+impl Append {
+    /// The upload's length once these bytes are in.
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
 }
 
 /// Decides a request from its head: framing, route, credentials and
@@ -132,8 +174,35 @@ pub fn request<'a>(head: &RequestHead, facts: &Facts<'a>) -> Verdict<'a> {
             host,
             keep_alive: framing.keep_alive,
         }),
-        Route::Episode { host_id, .. } if host_id != host => Err(Answer::new(Status::Forbidden)
-            .with_message(format!("authenticated as {host}, not {host_id}"))),
+        Route::Episode { host_id, .. }
+        | Route::Offset { host_id, .. }
+        | Route::Append { host_id, .. }
+            if host_id != host =>
+        {
+            Err(Answer::new(Status::Forbidden)
+                .with_message(format!("authenticated as {host}, not {host_id}")))
+        }
+        Route::Offset {
+            host_id,
+            episode_id,
+        } => probe(head, &framing).map(|digest| {
+            Admitted::Probe(Probe {
+                host: host_id,
+                episode: episode_id,
+                digest,
+                keep_alive: framing.keep_alive,
+            })
+        }),
+        Route::Append {
+            host_id,
+            episode_id,
+        } => append(head, &framing, facts.max_body_bytes).map(|a| {
+            Admitted::Append(Append {
+                host: host_id,
+                episode: episode_id,
+                ..a
+            })
+        }),
         Route::Episode {
             host_id,
             episode_id,
@@ -196,6 +265,130 @@ fn upload(
     Ok((length, digest))
 }
 
+/// The one value of a field that may appear once, if present; a repeated
+/// one is a 400 (the framing rule for `Content-Digest`, applied to the
+/// resumable fields `http` does not know).
+fn single<'h>(head: &'h RequestHead, name: &str) -> Result<Option<&'h str>, Answer> {
+    match head.headers.count(name) {
+        0 => Ok(None),
+        1 => Ok(head.headers.get(name)),
+        _ => Err(bad(&format!("{name} must appear once"))),
+    }
+}
+
+/// `Repr-Digest`, required on `HEAD` and `PATCH`: which upload is meant.
+fn repr_digest(head: &RequestHead) -> Result<[u8; 32], Answer> {
+    match single(head, resumable::REPR_DIGEST)? {
+        None => Err(bad(
+            "missing Repr-Digest: sha-256=:<base64 of the whole tarball's sha256>:",
+        )),
+        Some(v) => resumable::parse_repr_digest(v).map_err(bad),
+    }
+}
+
+/// A `HEAD`: no body, and the digest of the upload it asks about.
+fn probe(head: &RequestHead, framing: &RequestFraming) -> Result<[u8; 32], Answer> {
+    if framing.content_length.unwrap_or(0) != 0 {
+        return Err(bad("HEAD takes no body"));
+    }
+    repr_digest(head)
+}
+
+/// A `PATCH`: its length, media type, digest and upload fields, each
+/// checked on its own; how they sit with the upload's offset is
+/// [`against_partial`]'s. Host and episode are filled in by the caller.
+fn append(
+    head: &RequestHead,
+    framing: &RequestFraming,
+    max_body_bytes: u64,
+) -> Result<Append, Answer> {
+    let too_large = |n: u64, what: &str| {
+        Answer::new(Status::TooLarge).with_message(format!(
+            "{what} of {n} bytes exceeds max_body_bytes ({max_body_bytes})"
+        ))
+    };
+    let length = match framing.content_length {
+        None => return Err(Answer::new(Status::LengthRequired).with_message("send Content-Length")),
+        Some(n) if n > max_body_bytes => return Err(too_large(n, "body")),
+        // 0 is allowed: the bytes may all be there already, and an empty
+        // append with `Upload-Complete: ?1` completes the upload.
+        Some(n) => n,
+    };
+    let media = head
+        .headers
+        .get("content-type")
+        .map(|v| v.split(';').next().unwrap_or_default().trim());
+    if !media.is_some_and(|m| m.eq_ignore_ascii_case(resumable::PARTIAL_UPLOAD)) {
+        return Err(bad(&format!(
+            "PATCH needs Content-Type: {}",
+            resumable::PARTIAL_UPLOAD
+        )));
+    }
+    let digest = repr_digest(head)?;
+    let field = |name: &str, required: bool| -> Result<Option<&str>, Answer> {
+        match single(head, name)? {
+            None if required => Err(bad(&format!("PATCH needs {name}"))),
+            v => Ok(v),
+        }
+    };
+    let number = |name: &str, v: &str| {
+        resumable::parse_offset(v).map_err(|why| bad(&format!("{name} {why}")))
+    };
+    let offset = number(
+        resumable::UPLOAD_OFFSET,
+        field(resumable::UPLOAD_OFFSET, true)?.unwrap_or_default(),
+    )?;
+    let complete =
+        resumable::parse_complete(field(resumable::UPLOAD_COMPLETE, true)?.unwrap_or_default())
+            .map_err(|why| bad(&format!("{} {why}", resumable::UPLOAD_COMPLETE)))?;
+    let upload_length = match field(resumable::UPLOAD_LENGTH, false)? {
+        None => None,
+        Some(v) => Some(number(resumable::UPLOAD_LENGTH, v)?),
+    };
+    // 15 digits each: the sum cannot overflow.
+    let end = offset + length;
+    if end > max_body_bytes {
+        return Err(too_large(end, "upload"));
+    }
+    if complete && end == 0 {
+        // As for PUT: no tar.zst is empty.
+        return Err(bad("empty upload: an episode tarball is never empty"));
+    }
+    let a = Append {
+        host: String::new(),
+        episode: String::new(),
+        digest,
+        offset,
+        length,
+        complete,
+        upload_length,
+        keep_alive: framing.keep_alive,
+        expect_continue: framing.expect_continue,
+    };
+    if let Some(total) = upload_length {
+        lengths_agree(&a, total)?;
+    }
+    Ok(a)
+}
+
+/// An append against the whole upload's length: it may not go beyond it,
+/// and one that says it completes the upload must end exactly there.
+fn lengths_agree(a: &Append, total: u64) -> Result<(), Answer> {
+    if a.end() > total {
+        return Err(bad(&format!(
+            "Upload-Offset {} + Content-Length {} goes beyond Upload-Length {total}",
+            a.offset, a.length
+        )));
+    }
+    if a.complete && a.end() != total {
+        return Err(bad(&format!(
+            "Upload-Complete: ?1, but the upload would end at {} of Upload-Length {total}",
+            a.end()
+        )));
+    }
+    Ok(())
+}
+
 /// Who is asking: the token names the host; under mTLS the certificate
 /// must name the same host.
 fn identify<'a>(head: &RequestHead, facts: &Facts<'a>) -> Result<&'a str, (Who<'a>, Answer)> {
@@ -251,14 +444,65 @@ pub enum AfterLookup {
 
 /// The last step decided from the head. `200` is decided from the
 /// *announced* digest: a client that lies about it can only be told that
-/// the receiver already has the bytes it named.
+/// the receiver already has the bytes it named. The same for a `PATCH`
+/// (its `Repr-Digest`): an upload that is already stored is not appended to.
 pub fn against_store(put: &Put, found: Existing) -> AfterLookup {
+    against_stored(&put.digest, found)
+}
+
+/// [`against_store`] for any upload: by its whole digest.
+pub fn against_stored(digest: &[u8; 32], found: Existing) -> AfterLookup {
     match found {
         Existing::Absent => AfterLookup::ReadBody,
-        Existing::Present(d) if d == put.digest => {
+        Existing::Present(d) if d == *digest => {
             AfterLookup::ConfirmThen(Answer::new(Status::Present).with_sha256(&d))
         }
         Existing::Present(d) => AfterLookup::Answer(Answer::conflict(&d)),
+    }
+}
+
+/// What a `HEAD` does once the store has said what it holds under the id.
+#[derive(Debug, PartialEq)]
+pub enum ProbeStep {
+    /// These bytes are stored: make the name durable, then answer
+    /// [`Answer::complete`] with the stored length.
+    Complete,
+    /// Other bytes are stored: this answer (409 with `Repr-Digest`).
+    Answer(Answer),
+    /// Nothing stored: report the partial's durable offset.
+    Offset,
+}
+
+pub fn probe_against_store(probe: &Probe, found: Existing) -> ProbeStep {
+    match found {
+        Existing::Absent => ProbeStep::Offset,
+        Existing::Present(d) if d == probe.digest => ProbeStep::Complete,
+        Existing::Present(d) => ProbeStep::Answer(Answer::conflict_head(&d)),
+    }
+}
+
+/// What the receiver holds of one upload: its durable length (`fsync`
+/// covered it before it was read here) and, if a `PUT` began it, the
+/// length of the whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub offset: u64,
+    pub length: Option<u64>,
+}
+
+/// The last check of an append, with the upload locked: its offset must be
+/// the one held (409 `offset_mismatch`, with the right one, so that the
+/// client can go on from there); its end must fit the upload's length.
+pub fn against_partial(append: &Append, held: Held) -> Result<(), Answer> {
+    if append.offset != held.offset {
+        return Err(Answer::offset_mismatch(append.offset, held.offset));
+    }
+    match (held.length, append.upload_length) {
+        (Some(ours), Some(theirs)) if ours != theirs => Err(bad(&format!(
+            "Upload-Length is {theirs}, but this upload began as {ours} bytes"
+        ))),
+        (Some(total), _) => lengths_agree(append, total),
+        (None, _) => Ok(()),
     }
 }
 
@@ -310,10 +554,10 @@ mod tests {
         params.self_signed(&key).unwrap().der().clone()
     }
 
-    type Header = Option<(&'static str, &'static str)>;
+    type Header<'v> = Option<(&'static str, &'v str)>;
 
     /// (status, JSON word, extra header, who) of a refusal.
-    type Refused<'v> = (u16, &'v str, Header, Who<'static>);
+    type Refused<'v> = (u16, &'v str, Header<'v>, Who<'static>);
 
     fn refused<'v>(v: &'v Verdict) -> Refused<'v> {
         let a = v.decision.as_ref().expect_err("refused");
@@ -388,7 +632,7 @@ mod tests {
             ("PUT on ping", put(|h| h.replace("/v1/episodes/lab-01/ep-1", "/v1/ping")),
                 (405, "method_not_allowed", Some(("Allow", "POST")), n)),
             ("GET an episode", put(|h| h.replace("PUT ", "GET ")),
-                (405, "method_not_allowed", Some(("Allow", "PUT")), n)),
+                (405, "method_not_allowed", Some(("Allow", "PUT, HEAD, PATCH")), n)),
             // Credentials: three challenges.
             ("no Authorization", put(|h| h.replace(&ab, "")), (401, "unauthorized", bearer, n)),
             ("Basic", put(|h| h.replace("Bearer token-a", "Basic YTpi")), (401, "unauthorized", invalid_request, n)),
@@ -520,6 +764,216 @@ mod tests {
             (409, "conflict")
         );
         assert_eq!(a.reply().sha256, Some(to_hex(&[8; 32])), "theirs, not ours");
+    }
+
+    /// A PATCH for lab-01 with token A appending 3 bytes at 5 that end
+    /// an upload of 8, everything right, then `edit`ed.
+    fn patch(edit: impl Fn(String) -> String) -> RequestHead {
+        let h = format!(
+            "PATCH /v1/episodes/lab-01/ep-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+             Content-Type: application/partial-upload\r\nContent-Length: 3\r\nRepr-Digest: {}\r\n\
+             Upload-Offset: 5\r\nUpload-Complete: ?1\r\n\r\n",
+            protocol::content_digest(&DIGEST)
+        );
+        head(&edit(h))
+    }
+
+    fn head_request(edit: impl Fn(String) -> String) -> RequestHead {
+        let h = format!(
+            "HEAD /v1/episodes/lab-01/ep-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+             Repr-Digest: {}\r\n\r\n",
+            protocol::content_digest(&DIGEST)
+        );
+        head(&edit(h))
+    }
+
+    fn good_append() -> Append {
+        Append {
+            host: "lab-01".into(),
+            episode: "ep-1".into(),
+            digest: DIGEST,
+            offset: 5,
+            length: 3,
+            complete: true,
+            upload_length: None,
+            keep_alive: true,
+            expect_continue: false,
+        }
+    }
+
+    #[test]
+    fn a_good_head_and_patch_are_admitted() {
+        let hosts = hosts();
+        let f = facts(&hosts, CertCheck::TokenOnly);
+        let v = request(&head_request(|h| h), &f);
+        assert_eq!(
+            v.decision,
+            Ok(Admitted::Probe(Probe {
+                host: "lab-01".into(),
+                episode: "ep-1".into(),
+                digest: DIGEST,
+                keep_alive: true,
+            }))
+        );
+        let v = request(&patch(|h| h), &f);
+        assert_eq!(v.decision, Ok(Admitted::Append(good_append())));
+        // Media type case and parameters, Expect, ?0, Upload-Length, an
+        // empty append, a Content-Digest (ignored).
+        let v = request(
+            &patch(|h| {
+                h.replace("application/partial-upload", "Application/Partial-Upload; x=1")
+                    .replace("?1", "?0")
+                    .replace("Content-Length: 3", "Content-Length: 0")
+                    .replace("Host: x\r\n", "Host: x\r\nExpect: 100-continue\r\nUpload-Length: 9\r\nContent-Digest: sha-256=:AAAA:\r\n")
+            }),
+            &f,
+        );
+        assert_eq!(
+            v.decision,
+            Ok(Admitted::Append(Append {
+                length: 0,
+                complete: false,
+                upload_length: Some(9),
+                expect_continue: true,
+                ..good_append()
+            }))
+        );
+    }
+
+    /// docs/transport.md, "Resumable uploads": what a HEAD or a PATCH
+    /// earns from its head, after framing, route and identity as for PUT.
+    #[test]
+    fn the_resumable_status_table() {
+        let hosts = hosts();
+        let h = Who::Host("*");
+        let n = Who::Nobody;
+        #[rustfmt::skip]
+        let table: Vec<(&str, RequestHead, Refused)> = vec![
+            ("HEAD without Repr-Digest", head_request(|r| r.replace("Repr-Digest", "X-Digest")),
+                (400, "bad_request", None, h)),
+            ("HEAD with a bad Repr-Digest", head_request(|r| r.replace("sha-256=:", "sha-256=")),
+                (400, "bad_request", None, h)),
+            ("HEAD with two Repr-Digests", head_request(|r| r.replace("Repr-Digest: ", "Repr-Digest: sha-512=:AAAA:\r\nRepr-Digest: ")),
+                (400, "bad_request", None, h)),
+            ("HEAD with a body", head_request(|r| r.replace("Host: x\r\n", "Host: x\r\nContent-Length: 2\r\n")),
+                (400, "bad_request", None, h)),
+            ("HEAD without a token", head_request(|r| r.replace(&format!("Authorization: Bearer {TOKEN_A}\r\n"), "")),
+                (401, "unauthorized", Some(("WWW-Authenticate", "Bearer")), n)),
+            ("HEAD of another host", head_request(|r| r.replace("lab-01", "HostB")), (403, "forbidden", None, h)),
+            ("HEAD of a hostile path", head_request(|r| r.replace("ep-1", "%2e%2e")), (400, "bad_request", None, n)),
+            ("PATCH chunked", patch(|r| r.replace("Content-Length: 3", "Transfer-Encoding: chunked")),
+                (411, "length_required", None, n)),
+            ("PATCH without a length", patch(|r| r.replace("Content-Length: 3\r\n", "")),
+                (411, "length_required", None, h)),
+            ("PATCH over max_body_bytes", patch(|r| r.replace("Content-Length: 3", "Content-Length: 1001")),
+                (413, "too_large", None, h)),
+            ("PATCH ending beyond max_body_bytes", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 998")),
+                (413, "too_large", None, h)),
+            ("PATCH without Content-Type", patch(|r| r.replace("Content-Type: application/partial-upload\r\n", "")),
+                (400, "bad_request", None, h)),
+            ("PATCH as zstd", patch(|r| r.replace("application/partial-upload", "application/zstd")),
+                (400, "bad_request", None, h)),
+            ("PATCH without Repr-Digest", patch(|r| r.replace("Repr-Digest", "Content-Digest")),
+                (400, "bad_request", None, h)),
+            ("PATCH without Upload-Offset", patch(|r| r.replace("Upload-Offset: 5\r\n", "")),
+                (400, "bad_request", None, h)),
+            ("negative offset", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: -5")),
+                (400, "bad_request", None, h)),
+            ("malformed offset", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 5x")),
+                (400, "bad_request", None, h)),
+            ("over-long offset", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 1234567890123456")),
+                (400, "bad_request", None, h)),
+            ("two offsets", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 5\r\nUpload-Offset: 5")),
+                (400, "bad_request", None, h)),
+            ("no Upload-Complete", patch(|r| r.replace("Upload-Complete: ?1\r\n", "")),
+                (400, "bad_request", None, h)),
+            ("Upload-Complete: true", patch(|r| r.replace("?1", "true")), (400, "bad_request", None, h)),
+            ("an empty upload", patch(|r| r.replace("Upload-Offset: 5", "Upload-Offset: 0").replace("Content-Length: 3", "Content-Length: 0")),
+                (400, "bad_request", None, h)),
+            ("beyond Upload-Length", patch(|r| r.replace("Host: x\r\n", "Host: x\r\nUpload-Length: 7\r\n")),
+                (400, "bad_request", None, h)),
+            ("complete before Upload-Length", patch(|r| r.replace("Host: x\r\n", "Host: x\r\nUpload-Length: 9\r\n")),
+                (400, "bad_request", None, h)),
+            ("PATCH of another host", patch(|r| r.replace("lab-01", "HostB")), (403, "forbidden", None, h)),
+            ("PATCH with an unknown token", patch(|r| r.replace(TOKEN_A, "nope")),
+                (401, "unauthorized", Some(("WWW-Authenticate", "Bearer error=\"invalid_token\"")), n)),
+        ];
+        for (what, head, want) in table {
+            let v = request(&head, &facts(&hosts, CertCheck::TokenOnly));
+            assert_eq!(refused(&v), want, "{what}: {v:?}");
+        }
+    }
+
+    /// (code, JSON word, `Upload-Offset`) of a refused append.
+    type Refusal<'v> = (u16, &'v str, Option<&'v str>);
+
+    #[test]
+    fn an_append_against_the_upload_it_continues() {
+        let held = |offset, length| Held { offset, length };
+        let a = good_append();
+        // (what, append, held, Ok or (code, word, Upload-Offset))
+        #[rustfmt::skip]
+        let table: Vec<(&str, Append, Held, Option<Refusal>)> = vec![
+            ("right offset, length unknown", good_append(), held(5, None), None),
+            ("right offset, ends the upload", good_append(), held(5, Some(8)), None),
+            ("more to come", Append { complete: false, ..good_append() }, held(5, Some(20)), None),
+            ("behind: an overlapping append", good_append(), held(7, None),
+                Some((409, "offset_mismatch", Some("7")))),
+            ("ahead of what is held", good_append(), held(2, Some(8)),
+                Some((409, "offset_mismatch", Some("2")))),
+            ("nothing held", good_append(), held(0, None), Some((409, "offset_mismatch", Some("0")))),
+            ("beyond the upload's length", good_append(), held(5, Some(7)),
+                Some((400, "bad_request", None))),
+            ("complete short of the length", good_append(), held(5, Some(9)),
+                Some((400, "bad_request", None))),
+            ("another Upload-Length", Append { upload_length: Some(8), ..good_append() }, held(5, Some(9)),
+                Some((400, "bad_request", None))),
+        ];
+        for (what, append, held, want) in table {
+            let got = against_partial(&append, held).err();
+            let got = got.as_ref().map(|a| {
+                (
+                    a.status().code(),
+                    a.reply().status.as_str(),
+                    a.field("Upload-Offset"),
+                )
+            });
+            assert_eq!(got, want, "{what}");
+        }
+        assert_eq!(a.end(), 8);
+    }
+
+    #[test]
+    fn a_head_against_the_store() {
+        let p = Probe {
+            host: "lab-01".into(),
+            episode: "e".into(),
+            digest: DIGEST,
+            keep_alive: true,
+        };
+        assert_eq!(probe_against_store(&p, Existing::Absent), ProbeStep::Offset);
+        assert_eq!(
+            probe_against_store(&p, Existing::Present(DIGEST)),
+            ProbeStep::Complete
+        );
+        let ProbeStep::Answer(a) = probe_against_store(&p, Existing::Present([8; 32])) else {
+            panic!("other bytes: 409")
+        };
+        assert_eq!(a.status(), Status::Conflict);
+        assert_eq!(
+            a.field("Repr-Digest"),
+            Some(protocol::content_digest(&[8; 32]).as_str()),
+            "theirs, as a field: a HEAD answer has no body"
+        );
+        // A PATCH of an upload that is stored: 200 or 409, never appended.
+        assert!(matches!(
+            against_stored(&DIGEST, Existing::Present(DIGEST)),
+            AfterLookup::ConfirmThen(_)
+        ));
+        assert_eq!(
+            against_stored(&DIGEST, Existing::Absent),
+            AfterLookup::ReadBody
+        );
     }
 
     /// `Status::refusing` must keep every code `http::request_framing`

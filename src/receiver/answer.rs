@@ -1,6 +1,12 @@
 //! What the receiver says, as data: an [`Answer`] (a [`Status`], its JSON
-//! body, at most one extra header), the bytes that carry it, the request's
-//! log line, and whether the connection stays open afterwards ([`next`]).
+//! body unless it has none, extra header fields), the bytes that carry it,
+//! the request's log line, and whether the connection stays open afterwards
+//! ([`next`]).
+//!
+//! Two kinds of answer carry no body: a `204` (an upload's offset), and any
+//! answer to a `HEAD` (RFC 9110 §9.3.2; [`Answer::without_body`]). They are
+//! sent without `Content-Type` and `Content-Length`: a `204` must not have
+//! one, and for a `HEAD` there is no `GET` whose length it could state.
 //!
 //! Pure: no sockets here (`conn` arms the write deadline, logs and writes,
 //! in that order, through one function), and no choice of which answer a
@@ -11,7 +17,7 @@ use std::net::SocketAddr;
 
 use crate::hashing::to_hex;
 use crate::http::{self, HeadError};
-use crate::protocol::{Reply, Status};
+use crate::protocol::{self, resumable, Reply, Status};
 use crate::receiver::store::{Outcome, StoreError};
 
 /// The interim answer to `Expect: 100-continue`: no body, no log line.
@@ -24,7 +30,10 @@ pub struct Answer {
     status: Status,
     /// Boxed: answers travel in `Result`s, and most are errors.
     reply: Box<Reply>,
-    header: Option<(&'static str, &'static str)>,
+    /// Extra fields, in the order they are written.
+    headers: Vec<(&'static str, String)>,
+    /// Whether the JSON body is sent (not for a `204`, nor to a `HEAD`).
+    body: bool,
 }
 
 impl Answer {
@@ -32,7 +41,8 @@ impl Answer {
         Answer {
             status,
             reply: Box::new(Reply::status(status.word())),
-            header: None,
+            headers: Vec::new(),
+            body: status != Status::Partial,
         }
     }
 
@@ -44,9 +54,22 @@ impl Answer {
         &self.reply
     }
 
-    /// The extra header (`Allow`, `WWW-Authenticate`, `Retry-After`).
-    pub fn header(&self) -> Option<(&'static str, &'static str)> {
-        self.header
+    /// The first extra header (`Allow`, `WWW-Authenticate`, `Retry-After`).
+    pub fn header(&self) -> Option<(&'static str, &str)> {
+        self.headers.first().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// The value of an extra header.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the JSON body is sent.
+    pub fn has_body(&self) -> bool {
+        self.body
     }
 
     pub fn with_message(mut self, message: impl Into<String>) -> Answer {
@@ -59,8 +82,14 @@ impl Answer {
         self
     }
 
-    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Answer {
-        self.header = Some((name, value));
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Answer {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The same answer to a `HEAD`: status and fields, no body.
+    pub fn without_body(mut self) -> Answer {
+        self.body = false;
         self
     }
 
@@ -108,6 +137,68 @@ impl Answer {
         }
     }
 
+    /// `HEAD`: the receiver holds `offset` bytes of this upload, durably
+    /// (and knows its whole length, if a `PUT` began it).
+    pub fn offset(offset: u64, length: Option<u64>) -> Answer {
+        let a = Answer::new(Status::Partial)
+            .with_header(resumable::UPLOAD_OFFSET, offset.to_string())
+            .with_header(resumable::UPLOAD_COMPLETE, resumable::complete(false));
+        let a = match length {
+            Some(n) => a.with_header(resumable::UPLOAD_LENGTH, n.to_string()),
+            None => a,
+        };
+        a.with_header("Cache-Control", "no-store")
+    }
+
+    /// `HEAD` of an upload whose bytes are stored (`length` of them).
+    pub fn complete(digest: &[u8; 32], length: u64) -> Answer {
+        Answer::new(Status::Present)
+            .with_sha256(digest)
+            .with_header(resumable::UPLOAD_COMPLETE, resumable::complete(true))
+            .with_header(resumable::UPLOAD_OFFSET, length.to_string())
+            .with_header("Cache-Control", "no-store")
+    }
+
+    /// `HEAD` of an upload while other bytes are stored under the id: the
+    /// digest of those, as a field since the answer has no body.
+    pub fn conflict_head(theirs: &[u8; 32]) -> Answer {
+        Answer::conflict(theirs)
+            .with_header(resumable::REPR_DIGEST, protocol::content_digest(theirs))
+    }
+
+    /// An append whose `Upload-Offset` is not where the upload stands:
+    /// where it does.
+    pub fn offset_mismatch(theirs: u64, ours: u64) -> Answer {
+        Answer::new(Status::OffsetMismatch)
+            .with_message(format!(
+                "Upload-Offset is {theirs}, but the receiver holds {ours} bytes of this upload; \
+                 append from {ours}"
+            ))
+            .with_header(resumable::UPLOAD_OFFSET, ours.to_string())
+    }
+
+    /// Another connection is appending to this upload right now.
+    pub fn in_progress() -> Answer {
+        Answer::new(Status::UploadInProgress)
+            .with_message("another connection is appending to this upload; retry when it has ended")
+    }
+
+    /// The end of an append that completed an upload: as [`Answer::outcome`],
+    /// but a mismatch speaks of the whole upload, whose partial is gone.
+    pub fn upload_outcome(outcome: &Outcome, expected: &[u8; 32]) -> Answer {
+        match outcome {
+            Outcome::DigestMismatch(actual) => {
+                Answer::new(Status::DigestMismatch).with_message(format!(
+                    "the upload's sha256 is {}, Repr-Digest says {}; its bytes are deleted: \
+                     pack again and upload from the start",
+                    to_hex(actual),
+                    to_hex(expected)
+                ))
+            }
+            _ => Answer::outcome(outcome, expected),
+        }
+    }
+
     /// Every connection slot is taken.
     pub fn busy() -> Answer {
         Answer::new(Status::Busy)
@@ -118,18 +209,24 @@ impl Answer {
 
 /// The bytes of a final answer: status line, `Content-Type`,
 /// `Content-Length`, `Connection: close` unless the connection stays open,
-/// the extra header, then the JSON body.
+/// the extra headers, then the JSON body. An answer without a body has
+/// neither the body nor the two fields that describe it.
 pub fn encode(answer: &Answer, keep_alive: bool) -> Vec<u8> {
-    let body = answer.reply.to_json();
+    let body = if answer.body {
+        answer.reply.to_json()
+    } else {
+        String::new()
+    };
     let len = body.len().to_string();
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", "application/json"),
-        ("Content-Length", &len),
-    ];
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if answer.body {
+        headers.push(("Content-Type", "application/json"));
+        headers.push(("Content-Length", &len));
+    }
     if !keep_alive {
         headers.push(("Connection", "close"));
     }
-    headers.extend(answer.header);
+    headers.extend(answer.headers.iter().map(|(n, v)| (*n, v.as_str())));
     let mut out = http::write_response_head(answer.status.code(), &headers);
     out.extend_from_slice(body.as_bytes());
     out
@@ -149,7 +246,8 @@ pub enum Next {
 }
 
 /// docs/transport.md, "Keep-alive": a connection stays open only after a
-/// 200/201 whose body (none, for a ping) was consumed exactly, and only if
+/// 200/201/204 whose body (none, for a ping or a `HEAD`) was consumed
+/// exactly (so a `HEAD` and the `PATCH` it leads to share one), and only if
 /// the client asked for it (HTTP/1.1, no `Connection: close`). An answer
 /// sent while body bytes may still be arriving lingers; any other closes.
 /// Pipelined requests after an error are never executed: there is no next
@@ -157,7 +255,7 @@ pub enum Next {
 pub fn next(status: Status, keep_alive: bool, body_consumed: bool) -> Next {
     if !body_consumed {
         Next::Linger
-    } else if keep_alive && matches!(status.code(), 200 | 201) {
+    } else if keep_alive && matches!(status.code(), 200 | 201 | 204) {
         Next::KeepAlive
     } else {
         Next::Close
@@ -221,6 +319,58 @@ mod tests {
             "{t}"
         );
         assert!(CONTINUE.ends_with(b"\r\n\r\n"));
+    }
+
+    #[test]
+    fn answers_without_a_body() {
+        let t = text(&Answer::offset(12, Some(20)), true);
+        assert_eq!(
+            t,
+            "HTTP/1.1 204 No Content\r\nUpload-Offset: 12\r\nUpload-Complete: ?0\r\n\
+             Upload-Length: 20\r\nCache-Control: no-store\r\n\r\n"
+        );
+        let t = text(&Answer::offset(0, None), false);
+        assert!(
+            t.contains("Upload-Offset: 0\r\n") && !t.contains("Upload-Length"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Connection: close\r\n") && t.ends_with("\r\n\r\n"),
+            "{t}"
+        );
+        let d = [0xab; 32];
+        let t = text(&Answer::complete(&d, 7).without_body(), true);
+        assert!(
+            t.starts_with("HTTP/1.1 200 OK\r\nUpload-Complete: ?1\r\nUpload-Offset: 7\r\n"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("Content-Length") && t.ends_with("\r\n\r\n"),
+            "{t}"
+        );
+        let t = text(&Answer::conflict_head(&d).without_body(), false);
+        assert!(t.starts_with("HTTP/1.1 409 Conflict\r\n"), "{t}");
+        assert!(
+            t.contains(&format!(
+                "\r\nRepr-Digest: {}\r\n",
+                protocol::content_digest(&d)
+            )),
+            "{t}"
+        );
+        assert!(t.ends_with("\r\n\r\n"), "no body: {t}");
+        // An error to a HEAD: the code and fields, never the JSON.
+        let t = text(&Answer::busy().without_body(), false);
+        assert!(
+            t.contains("Retry-After: 60\r\n") && t.ends_with("\r\n\r\n"),
+            "{t}"
+        );
+        let m = Answer::offset_mismatch(5, 9);
+        assert_eq!(
+            (m.status().code(), m.field("upload-offset")),
+            (409, Some("9"))
+        );
+        assert_eq!(m.reply().status, "offset_mismatch");
+        assert_eq!(Answer::in_progress().reply().status, "upload_in_progress");
     }
 
     #[test]
@@ -295,6 +445,10 @@ mod tests {
             (Stored, true, true, Next::KeepAlive),
             (Present, true, true, Next::KeepAlive),
             (Ok, true, true, Next::KeepAlive),
+            (Partial, true, true, Next::KeepAlive),      // a HEAD, or an append: PATCH may follow
+            (Partial, false, true, Next::Close),
+            (OffsetMismatch, true, false, Next::Linger), // PATCH refused from its head
+            (UploadInProgress, true, true, Next::Close), // HEAD has no body
             (Stored, false, true, Next::Close),          // Connection: close, or HTTP/1.0
             (DigestMismatch, true, true, Next::Close),   // an error closes
             (Error, true, true, Next::Close),

@@ -42,6 +42,8 @@ pub struct BodyReader<'a, R> {
     length: u64,
     received: u64,
     halfway: bool,
+    /// The crash point hit halfway through the bytes from the wire.
+    halfway_point: &'static str,
     cut: Option<Cut>,
 }
 
@@ -53,8 +55,17 @@ impl<'a, R: Deadlined> BodyReader<'a, R> {
             length,
             received: 0,
             halfway: false,
+            halfway_point: "recv.mid_body",
             cut: None,
         }
+    }
+
+    /// Names the crash point hit halfway (`recv.mid_body` unless told):
+    /// an append's is `recv.mid_append`, so a test can kill the receiver
+    /// inside a `PATCH` without hitting the `PUT` before it.
+    pub fn halfway_point(mut self, name: &'static str) -> BodyReader<'a, R> {
+        self.halfway_point = name;
+        self
     }
 
     /// Body bytes handed out so far.
@@ -99,7 +110,7 @@ impl<'a, R: Deadlined> BodyReader<'a, R> {
                     // (a body that came whole with its head never waits).
                     if !self.halfway && self.length - self.received <= self.length / 2 {
                         self.halfway = true;
-                        fault::point("recv.mid_body");
+                        fault::point(self.halfway_point);
                     }
                     return Ok(n);
                 }

@@ -28,6 +28,7 @@ OPTIONS:
     -V, --version   print the version
 
 Runs until SIGTERM or SIGINT, then finishes running requests (up to 20 s).
+Accepts PUT, and HEAD + PATCH to resume a cut upload (docs/transport.md).
 Logs one line per request to stderr (journald priorities under systemd);
 `listening on https://ADDR:PORT` says it is ready.
 
@@ -48,6 +49,11 @@ CONFIGURATION (TOML; unknown keys are errors):
     body_timeout_s    per body read and answer write [default: 60]
     idle_timeout_s    keep-alive wait for the next request [default: 30]
     metrics_file      Prometheus text file refreshed every 10 s [default: none]
+    partial_ttl_hours delete a partial (resumable) upload untouched this long
+                      [default: 72]
+    max_partial_bytes_per_host
+                      a host's partial uploads together stay under this,
+                      oldest deleted first [default: max_body_bytes]
     [hosts]           \"HOST_ID\" = \"<sha256 of its token, lowercase hex>\"
 
 EXIT CODES:

@@ -39,15 +39,17 @@ use crate::config::ReceiverConfig;
 use crate::http::{self, Limits, ReadHeadError, RequestHead};
 use crate::log::{self, Level, Throttle};
 use crate::protocol::Status;
-use crate::receiver::admit::{self, Admitted, AfterLookup, CertCheck, Facts, Put, Who};
+use crate::receiver::admit::{
+    self, Admitted, AfterLookup, Append, CertCheck, Facts, Probe, ProbeStep, Put, Who,
+};
 use crate::receiver::answer::{self, Answer, Next};
 use crate::receiver::body::{self, BodyReader, CopyError, Cut};
 use crate::receiver::deadline::DeadlineStream;
 use crate::receiver::report::Counters;
 use crate::receiver::slots::Ticket;
-use crate::receiver::store::{Store, StoreError};
+use crate::receiver::store::{Pending, ResumeError, Store, StoreError};
 use crate::receiver::stream::{self, is_timeout, HandshakeError, Stream};
-use crate::{fault, timefmt, warn};
+use crate::{fault, info, timefmt, warn};
 
 /// Slowest accepted upload rate, after `body_timeout_s` of grace.
 const MIN_BODY_RATE: u64 = 16 * 1024;
@@ -235,6 +237,14 @@ impl Conn<'_> {
         body: BodyRead,
         keep_alive: bool,
     ) -> Next {
+        // RFC 9110 §9.3.2: whatever a HEAD earns, it gets no body.
+        let bodiless;
+        let answer = if req.method == "HEAD" && answer.has_body() {
+            bodiless = answer.clone().without_body();
+            &bodiless
+        } else {
+            answer
+        };
         let status = answer.status();
         self.env.counters.answered(status);
         let (bytes, consumed) = match body {
@@ -319,93 +329,289 @@ impl Conn<'_> {
                 self.answer(s, &req, &pong, BodyRead::Whole(0), keep_alive)
             }
             Ok(Admitted::Put(put)) => self.upload(s, &req, &put, buf),
+            Ok(Admitted::Probe(probe)) => self.probe(s, &req, &probe),
+            Ok(Admitted::Append(append)) => self.append(s, &req, &append, buf),
         }
     }
 
-    /// An upload whose head passed: the store's verdict on the id, then the
-    /// body into a temp file, then the store's verdict on the body.
-    fn upload(&self, s: &mut Stream, req: &Request, put: &Put, buf: &mut Vec<u8>) -> Next {
-        let (cfg, store) = (self.env.config, self.env.store);
-        let (host, episode, length) = (put.host.as_str(), put.episode.as_str(), put.length);
-        let failed = |e: &StoreError| {
-            warn!("{host}/{episode}: {e}");
-            Answer::storage(e)
+    /// A storage error: logged with its paths, answered with its category.
+    fn failed(&self, host: &str, episode: &str, e: &StoreError) -> Answer {
+        warn!("{host}/{episode}: {e}");
+        Answer::storage(e)
+    }
+
+    /// An answer sent before the body was read (it may still be arriving).
+    fn early(&self, s: &mut Stream, req: &Request, answer: &Answer) -> Next {
+        self.answer(s, req, answer, BodyRead::Unread, false)
+    }
+
+    /// The store holds the id, these bytes or others: the answer the head
+    /// earned (200 after making the name durable, or 409). Partials of the
+    /// id can never be published now, so they go.
+    fn already_stored(&self, host: &str, episode: &str, after: AfterLookup) -> Option<Answer> {
+        let store = self.env.store;
+        let answer = match after {
+            AfterLookup::ReadBody => return None,
+            AfterLookup::ConfirmThen(present) => match store.confirm(host) {
+                Ok(()) => present,
+                Err(e) => return Some(self.failed(host, episode, &e)),
+            },
+            AfterLookup::Answer(answer) => answer,
         };
-        let early =
-            |s: &mut Stream, answer: &Answer| self.answer(s, req, answer, BodyRead::Unread, false);
+        store.drop_partials_of(host, episode);
+        Some(answer)
+    }
+
+    /// A `HEAD`: how much of the upload the store holds (docs/transport.md,
+    /// "Resumable uploads"): all of it (200), other bytes (409), or the
+    /// partial's durable offset (204).
+    fn probe(&self, s: &mut Stream, req: &Request, probe: &Probe) -> Next {
+        let store = self.env.store;
+        let (host, episode) = (probe.host.as_str(), probe.episode.as_str());
         let found = match store.lookup(host, episode) {
             Ok(found) => found,
-            Err(e) => return early(s, &failed(&e)),
+            Err(e) => {
+                let answer = self.failed(host, episode, &e);
+                return self.answer(s, req, &answer, BodyRead::Whole(0), false);
+            }
         };
-        match admit::against_store(put, found) {
-            AfterLookup::ReadBody => {}
-            AfterLookup::ConfirmThen(present) => {
-                return match store.confirm(host) {
-                    Ok(()) => early(s, &present),
-                    Err(e) => early(s, &failed(&e)),
+        let answer = match admit::probe_against_store(probe, found) {
+            ProbeStep::Complete => {
+                let done = store
+                    .confirm(host)
+                    .and_then(|()| store.stored_len(host, episode));
+                store.drop_partials_of(host, episode);
+                match done {
+                    Ok(len) => Answer::complete(&probe.digest, len),
+                    Err(e) => self.failed(host, episode, &e),
                 }
             }
-            AfterLookup::Answer(answer) => return early(s, &answer),
-        }
-        let mut pending = match store.begin(host, episode) {
-            Ok(p) => p,
-            Err(e) => return early(s, &failed(&e)),
+            ProbeStep::Answer(answer) => {
+                store.drop_partials_of(host, episode);
+                answer
+            }
+            ProbeStep::Offset => match store.offset(host, episode, &probe.digest) {
+                Ok(held) => {
+                    // The offset is durable (fsynced); the client has not
+                    // heard it yet.
+                    fault::point("recv.before_offset");
+                    Answer::offset(held.offset, held.length)
+                }
+                Err(e) => self.failed(host, episode, &e),
+            },
         };
-        if body::sends_continue(put.expect_continue, buf) && s.send(answer::CONTINUE).is_err() {
-            return Next::Close;
+        self.answer(s, req, &answer, BodyRead::Whole(0), probe.keep_alive)
+    }
+
+    /// A `PATCH`: the store's verdict on the id, the partial claimed and
+    /// its offset checked, then the body appended; the upload published
+    /// (`Upload-Complete: ?1`) or its new offset made durable and reported.
+    fn append(&self, s: &mut Stream, req: &Request, a: &Append, buf: &mut Vec<u8>) -> Next {
+        let store = self.env.store;
+        let (host, episode) = (a.host.as_str(), a.episode.as_str());
+        let found = match store.lookup(host, episode) {
+            Ok(found) => found,
+            Err(e) => return self.early(s, req, &self.failed(host, episode, &e)),
+        };
+        if let Some(answer) =
+            self.already_stored(host, episode, admit::against_stored(&a.digest, found))
+        {
+            return self.early(s, req, &answer);
+        }
+        let resume = match store.resume(host, episode, &a.digest) {
+            Ok(r) => r,
+            Err(ResumeError::Busy) => return self.early(s, req, &Answer::in_progress()),
+            Err(ResumeError::Store(e)) => {
+                return self.early(s, req, &self.failed(host, episode, &e))
+            }
+        };
+        let held = resume.held();
+        if let Err(answer) = admit::against_partial(a, held) {
+            return self.early(s, req, &answer);
+        }
+        // For an append that completes the upload, this may read back its
+        // durable prefix: before `100 Continue`, and before the body's
+        // deadline starts.
+        let pending = match resume.start(a.end(), a.complete) {
+            Ok(p) => p,
+            Err(e) => return self.early(s, req, &self.failed(host, episode, &e)),
+        };
+        let pending = match self.receive(s, req, pending, buf, a, Instant::now()) {
+            Ok(p) => p,
+            Err(next) => return next,
+        };
+        let answer = if a.complete {
+            match pending.commit(&a.digest) {
+                Ok(outcome) => Answer::upload_outcome(&outcome, &a.digest),
+                Err(e) => self.failed(host, episode, &e),
+            }
+        } else {
+            match pending.pause() {
+                Ok(offset) => {
+                    fault::point("recv.before_offset");
+                    Answer::offset(offset, held.length)
+                }
+                Err(e) => self.failed(host, episode, &e),
+            }
+        };
+        self.answer(s, req, &answer, BodyRead::Whole(a.length), a.keep_alive)
+    }
+
+    /// Reads a body into `pending`, after `100 Continue` if the client
+    /// waits for it, and gives it back. A cut is logged (and answered when
+    /// the client can still read an answer) once `pending` is dropped: the
+    /// bytes written so far stay in its partial, released for a resume
+    /// before the line saying so. `from`: when the body's deadline starts.
+    fn receive<'p>(
+        &self,
+        s: &mut Stream,
+        req: &Request,
+        mut pending: Pending<'p>,
+        buf: &mut Vec<u8>,
+        body: &dyn BodyFacts,
+        from: Instant,
+    ) -> Result<Pending<'p>, Next> {
+        let cfg = self.env.config;
+        let (host, episode, length) = (body.host(), body.episode(), body.length());
+        if body::sends_continue(body.expect_continue(), buf) && s.send(answer::CONTINUE).is_err() {
+            return Err(Next::Close);
         }
         // Each body read may wait `body_timeout`, and the whole body must
         // come by a deadline that allows the minimum rate.
-        let deadline = req.started + cfg.body_timeout + Duration::from_secs(length / MIN_BODY_RATE);
+        let deadline = from + cfg.body_timeout + Duration::from_secs(length / MIN_BODY_RATE);
         s.arm(deadline, cfg.body_timeout);
-        let mut body = BodyReader::new(buf, s, length);
-        let copied = body::copy(&mut body, &mut pending);
-        let got = body.received();
+        let mut reader = BodyReader::new(buf, s, length).halfway_point(body.halfway_point());
+        let copied = body::copy(&mut reader, &mut pending);
+        let got = reader.received();
+        let cut = match copied {
+            Ok(()) => return Ok(pending),
+            Err(e) => e,
+        };
+        // A write error names the file: taken while `pending` is alive.
+        let cut = match cut {
+            CopyError::Write(e) => Err(pending.write_failed(e)),
+            CopyError::Read(cut) => Ok(cut),
+        };
+        let kept = if pending.is_resumable() {
+            format!("{} bytes kept to resume", pending.len())
+        } else {
+            "nothing kept".to_owned()
+        };
+        drop(pending);
         let timeout = |why: &str| Answer::new(Status::Timeout).with_message(why.to_owned());
-        match copied {
-            Ok(()) => {}
-            Err(CopyError::Write(e)) => {
-                let answer = failed(&pending.write_failed(e));
-                return self.answer(s, req, &answer, BodyRead::Partly(got), false);
+        let cut = match cut {
+            Err(e) => {
+                let answer = self.failed(host, episode, &e);
+                info!("{host}/{episode}: the upload failed after {got} of {length} bytes; {kept}");
+                return Err(self.answer(s, req, &answer, BodyRead::Partly(got), false));
             }
-            Err(CopyError::Read(Cut::Closed)) => {
-                warn!(
-                    "{host}/{episode}: client closed after {got} of {length} bytes; nothing stored"
-                );
-                return Next::Close;
+            Ok(cut) => cut,
+        };
+        match cut {
+            Cut::Closed => {
+                warn!("{host}/{episode}: client closed after {got} of {length} bytes; nothing stored, {kept}");
+                Err(Next::Close)
             }
-            Err(CopyError::Read(Cut::Stalled)) => {
-                warn!(
-                    "{host}/{episode}: body stalled after {got} of {length} bytes; nothing stored"
-                );
-                return self.answer(
+            Cut::Stalled => {
+                warn!("{host}/{episode}: body stalled after {got} of {length} bytes; nothing stored, {kept}");
+                Err(self.answer(
                     s,
                     req,
                     &timeout("body stalled"),
                     BodyRead::Partly(got),
                     false,
-                );
+                ))
             }
-            Err(CopyError::Read(Cut::TooSlow)) => {
-                warn!("{host}/{episode}: body too slow ({got} of {length} bytes by the deadline); dropped");
-                return self.answer(
+            Cut::TooSlow => {
+                warn!("{host}/{episode}: body too slow ({got} of {length} bytes by the deadline); dropped, {kept}");
+                Err(self.answer(
                     s,
                     req,
                     &timeout("body too slow"),
                     BodyRead::Partly(got),
                     false,
-                );
+                ))
             }
-            Err(CopyError::Read(Cut::Failed(e))) => {
-                warn!("{host}/{episode}: connection failed after {got} of {length} bytes ({e}); nothing stored");
-                return Next::Close;
+            Cut::Failed(e) => {
+                warn!("{host}/{episode}: connection failed after {got} of {length} bytes ({e}); nothing stored, {kept}");
+                Err(Next::Close)
             }
         }
+    }
+
+    /// An upload whose head passed: the store's verdict on the id, then the
+    /// body into the upload's partial, then the store's verdict on the body.
+    fn upload(&self, s: &mut Stream, req: &Request, put: &Put, buf: &mut Vec<u8>) -> Next {
+        let store = self.env.store;
+        let (host, episode, length) = (put.host.as_str(), put.episode.as_str(), put.length);
+        let failed = |e: &StoreError| self.failed(host, episode, e);
+        let early = |s: &mut Stream, answer: &Answer| self.early(s, req, answer);
+        let found = match store.lookup(host, episode) {
+            Ok(found) => found,
+            Err(e) => return early(s, &failed(&e)),
+        };
+        if let Some(answer) = self.already_stored(host, episode, admit::against_store(put, found)) {
+            return early(s, &answer);
+        }
+        let pending = match store.begin_upload(host, episode, &put.digest, length) {
+            Ok(p) => p,
+            Err(e) => return early(s, &failed(&e)),
+        };
+        let pending = match self.receive(s, req, pending, buf, put, req.started) {
+            Ok(p) => p,
+            Err(next) => return next,
+        };
         let answer = match pending.commit(&put.digest) {
             Ok(outcome) => Answer::outcome(&outcome, &put.digest),
             Err(e) => failed(&e),
         };
         self.answer(s, req, &answer, BodyRead::Whole(length), put.keep_alive)
+    }
+}
+
+/// What `receive` needs to know of a request with a body.
+trait BodyFacts {
+    fn host(&self) -> &str;
+    fn episode(&self) -> &str;
+    fn length(&self) -> u64;
+    fn expect_continue(&self) -> bool;
+    /// The crash point halfway through its bytes.
+    fn halfway_point(&self) -> &'static str;
+}
+
+impl BodyFacts for Put {
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn episode(&self) -> &str {
+        &self.episode
+    }
+    fn length(&self) -> u64 {
+        self.length
+    }
+    fn expect_continue(&self) -> bool {
+        self.expect_continue
+    }
+    fn halfway_point(&self) -> &'static str {
+        "recv.mid_body"
+    }
+}
+
+impl BodyFacts for Append {
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn episode(&self) -> &str {
+        &self.episode
+    }
+    fn length(&self) -> u64 {
+        self.length
+    }
+    fn expect_continue(&self) -> bool {
+        self.expect_continue
+    }
+    fn halfway_point(&self) -> &'static str {
+        "recv.mid_append"
     }
 }
 

@@ -23,7 +23,7 @@
 //! Shutdown: SIGTERM/SIGINT are blocked in every thread and awaited by the
 //! main thread (see `signal`). It stops the accept loops, lets running
 //! requests finish for a grace period, and returns. An upload cut off by the
-//! grace period leaves only a temp, removed at the next start.
+//! grace period leaves its partial, for the client to resume.
 //!
 //! Under systemd the server says `READY=1` once every listener listens,
 //! `STOPPING=1` when it starts draining, and refreshes a `STATUS=` line
@@ -43,7 +43,7 @@ use crate::protocol::Status;
 use crate::receiver::conn::{self, Env};
 use crate::receiver::report::{self, Counters};
 use crate::receiver::slots::{Admitted, Limits, Refusal, Slots, Source, Ticket};
-use crate::receiver::store::Store;
+use crate::receiver::store::{Bounds, Store};
 use crate::{error, exit, fault, info, notify, signal, warn};
 
 /// Extra threads that only answer 503 when all connection slots are taken.
@@ -149,6 +149,10 @@ impl Server {
             config.max_connections,
             config.max_connections_per_ip,
         ));
+        let store = store.bound(Bounds {
+            ttl: config.partial_ttl,
+            per_host: config.max_partial_bytes_per_host,
+        });
         Server {
             config,
             store,
@@ -196,6 +200,9 @@ impl Server {
     /// requests finish for a grace period.
     pub fn run(self) -> Result<(), ServeError> {
         signal::block_termination().map_err(ServeError::Signals)?;
+        // Partials left by an earlier run: bounded before anything is
+        // served (each deletion is logged).
+        self.store.sweep(SystemTime::now());
         let mut listeners = Vec::new();
         if let Some(addr) = self.config.listen {
             let tls = self.tls.clone().ok_or(ServeError::NoTls(addr))?;
@@ -235,8 +242,11 @@ impl Server {
         report::check_certificate(&server.config);
         report::write_metrics(&server.facts());
         let watched = Arc::clone(&server);
-        // Housekeeping: the metrics file, systemd's status line, the daily
-        // certificate check. A thread that cannot start costs only these.
+        // Housekeeping: partial uploads kept within partial_ttl_hours and
+        // max_partial_bytes_per_host, the metrics file, systemd's status
+        // line, the daily certificate check. A thread that cannot start
+        // costs only these (and partials are still bounded when an upload
+        // begins).
         let _ = std::thread::Builder::new()
             .name("housekeeping".to_owned())
             .spawn(move || {
@@ -246,6 +256,7 @@ impl Server {
                     if watched.stopping.load(Ordering::SeqCst) {
                         return;
                     }
+                    watched.store.sweep(SystemTime::now());
                     notify::notify(&notify::status(&watched.status()));
                     report::write_metrics(&watched.facts());
                     if daily.due() {
@@ -274,7 +285,7 @@ impl Server {
         let left = server.slots.count();
         if left > 0 {
             warn!(
-                "stopping with {left} connection(s) still open; unfinished uploads are discarded"
+                "stopping with {left} connection(s) still open; their unfinished uploads are kept to resume"
             );
         }
         report::write_metrics(&server.facts());
@@ -305,8 +316,8 @@ fn wakeup_addr(mut a: SocketAddr) -> SocketAddr {
 /// Ends the process with an error line and a non-zero exit, for systemd's
 /// `Restart=on-failure`. Called from an accept thread, while the main
 /// thread is parked in sigwait(2) and cannot be woken without a signal.
-/// Nothing needs unwinding: an upload cut off here leaves only a temp,
-/// removed at the next start, exactly as after a kill -9.
+/// Nothing needs unwinding: an upload cut off here leaves its partial (or
+/// a temp, removed at the next start), exactly as after a kill -9.
 fn fatal(why: &str) -> ! {
     error!("{why}; exiting so that systemd restarts the receiver");
     std::process::exit(i32::from(exit::SOFTWARE))

@@ -9,6 +9,7 @@ pub mod episodes;
 pub mod forwarder;
 pub mod fs;
 pub mod lab;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
