@@ -553,6 +553,28 @@ token_file = "/etc/cis490/shipper.token"
 # Seconds any single read or write on an established connection may stall
 # (not a limit on the whole upload). 1 to 86400. Default 60.
 #io_timeout_s = 60
+
+# Delete shipped episodes (data_dir/shipped/<id>) this many days after the
+# receiver confirmed them; 0 deletes them as soon as it did. Default: keep
+# forever (docs/operating.md, "Retention").
+#keep_shipped_days = 30
+
+# Delete the oldest shipped episodes while data_dir's file system has less
+# than this percentage free (1-99). Never touches episodes not yet shipped.
+#min_free_percent = 10
+
+# Exit 69 (and log an error) when finished work has waited this long with no
+# verdict from the receiver. 1 to 8760. Default 24.
+#alert_after_hours = 24
+
+# Prometheus text file written after each pass, for node_exporter's
+# textfile collector (docs/operating.md, "Metrics"). Default: none.
+#metrics_file = "/var/lib/prometheus/node-exporter/cis490-shipper.prom"
+
+# Upper bound on the upload rate, so the lab's link keeps room for everyone
+# else: B/s, kB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s, kbit/s, Mbit/s, Gbit/s
+# (1 KiB/s to 1 TB/s). Default: no limit.
+#max_upload_rate = "20MB/s"
 CIS490_TEMPLATE_END
 }
 # END EMBEDDED

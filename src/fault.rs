@@ -26,6 +26,7 @@ pub const POINTS: &[&str] = &[
     "up.mid_body",
     "up.after_body",
     "up.after_status",
+    "up.resume_offset",
     "ship.after_receipt",
     "ship.after_confirm",
     "ship.after_rename",

@@ -208,8 +208,7 @@ impl World {
                     "{case}: I4: {id} is in shipped/ but not stored"
                 );
             }
-            let acked = format!("PUT /v1/episodes/{HOST}/{id} 20");
-            if log.as_ref().is_some_and(|l| l.contains(&acked)) {
+            if log.as_ref().is_some_and(|l| acked(l, id)) {
                 assert!(
                     held.contains(id),
                     "{case}: I4: {id} answered 2xx but not stored"
@@ -275,10 +274,14 @@ impl World {
         // Every id was answered 2xx once; wait until those lines are in, so
         // a late line from an earlier pass is not counted below.
         for id in IDS.iter().filter(|id| !self.retired_earlier.contains(**id)) {
-            self.receiver()
-                .wait_log(&format!("PUT /v1/episodes/{HOST}/{id} 20"));
+            wait_until(
+                &format!("{case}: {id} answered 2xx"),
+                Duration::from_secs(20),
+                || acked(&self.receiver().log_text(), id),
+            );
         }
-        let puts = self.logged(" PUT ");
+        let requests = || self.logged(" PUT ") + self.logged(" PATCH ") + self.logged(" HEAD ");
+        let before = requests();
         // state.json is the pass's report (--status), rewritten by every
         // pass by design; everything else must stay as it is.
         let data_snapshot = || {
@@ -301,8 +304,19 @@ impl World {
             store,
             "{case}: third pass changed the store"
         );
-        assert_eq!(self.logged(" PUT "), puts, "{case}: third pass sent a PUT");
+        assert_eq!(requests(), before, "{case}: third pass sent a request");
     }
+}
+
+/// The receiver's log shows that it holds `id`: 200/201 to a whole `PUT`,
+/// to the completing `PATCH` of a resumed upload, or (200) to the `HEAD`
+/// of a retry whose bytes it already held.
+fn acked(log: &str, id: &str) -> bool {
+    ["PUT", "PATCH", "HEAD"].iter().any(|m| {
+        ["200", "201"]
+            .iter()
+            .any(|c| log.contains(&format!("{m} /v1/episodes/{HOST}/{id} {c} ")))
+    })
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -420,13 +434,18 @@ fn shipper_crash_points_converge() {
                 .iter()
                 .any(|x| p.starts_with(x))
         })
+        .filter(|p| *p != SHIPPER_RESUME_POINT)
         .collect();
     assert!(points.len() >= 14, "shipper points: {points:?}");
-    // Every point is exercised here, in receiver_crash_points_converge, or
-    // (retention's) in retention_crash_leaves_no_half_episode_that_looks_whole.
+    // Every point is exercised here, in receiver_crash_points_converge, in
+    // shipper_killed_between_head_and_patch_resumes, or (retention's) in
+    // retention_crash_leaves_no_half_episode_that_looks_whole.
     for p in cis490::fault::POINTS {
         assert!(
-            points.contains(p) || p.starts_with("recv.") || p.starts_with("retain."),
+            points.contains(p)
+                || *p == SHIPPER_RESUME_POINT
+                || p.starts_with("recv.")
+                || p.starts_with("retain."),
             "crash point {p} is covered by no test"
         );
     }
@@ -1029,4 +1048,41 @@ fn receiver_crash_points_inside_a_resume_converge() {
         .map(|&p| -> Case { (format!("resume {p}"), Box::new(move || resume_crash(p))) })
         .collect();
     run_cases(cases);
+}
+
+/// The shipper's one point inside a resume: only a tarball already waiting
+/// in outbox/ is resumed, so the PUT harness never reaches it.
+const SHIPPER_RESUME_POINT: &str = "up.resume_offset";
+
+/// An upload killed mid-body leaves the tarball and the receiver's partial;
+/// the next pass learns the offset (HEAD) and is killed before its PATCH;
+/// the pass after that resumes from the partial, and everything converges.
+#[test]
+fn shipper_killed_between_head_and_patch_resumes() {
+    let id = IDS[0];
+    let w = World::new("crash-resume-offset", &[]);
+    let out = w.once_env(&[("CIS490_CRASH_AT", "up.mid_body")]);
+    assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+    // The receiver has let go of the partial (else the HEAD below could
+    // race its claim and get 409 upload_in_progress).
+    w.receiver().wait_log("bytes kept to resume");
+    let out = w.once_env(&[("CIS490_CRASH_AT", SHIPPER_RESUME_POINT)]);
+    assert!(
+        stderr(&out).contains(&format!("CRASHPOINT {SHIPPER_RESUME_POINT}\n")),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+    w.check_invariants("resume-offset");
+    assert!(w.data("outbox").join(format!("{id}.tar.zst")).exists());
+
+    let out = w.once();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains(&format!("{id}: resumed at ")),
+        "{}",
+        describe(&out)
+    );
+    w.check_converged("resume-offset");
+    w.check_noop_rerun("resume-offset");
 }

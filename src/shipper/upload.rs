@@ -69,6 +69,9 @@ pub fn upload(
                     .and_then(|v| resumable::parse_offset(v).ok())
                     .filter(|&n| n <= t.size)
                     .unwrap_or(0);
+                // The receiver has told its durable offset; nothing of
+                // the rest has been sent.
+                crate::fault::point("up.resume_offset");
             }
             // A receiver that does not resume this way: upload it whole.
             404 | 405 | 501 => {}
