@@ -1,6 +1,6 @@
 //! Long-haul transfers, end to end: a cut upload resumes where the
 //! receiver's durable copy stopped, through a real forwarder that cuts the
-//! link; a receiver killed mid-upload still lets the next pass resume; a
+//! link or stalls it; a receiver killed mid-upload still lets the next pass resume; a
 //! repacked episode starts over; and `max_upload_rate` holds.
 
 mod common;
@@ -204,4 +204,45 @@ fn max_upload_rate_holds_and_holds_for_a_resumed_upload() {
         "resumed: {sent} bytes in {secs}s ({rate} B/s)\n{}",
         describe(&out)
     );
+}
+
+/// A link that goes silent mid-upload: the shipper gives up after
+/// `io_timeout_s` (75, tarball kept); once the link is back, the next pass
+/// resumes from what the receiver holds.
+#[test]
+fn a_stalled_upload_times_out_and_the_next_pass_resumes() {
+    let lab = Lab::new("resume-stall");
+    incompressible(&lab, "ep-1", 30_000_000, 6);
+    let size = pack_only(&lab, "ep-1");
+    let fwd = Forwarder::start(lab.receiver().https.unwrap());
+    let cfg = through(&lab, "via", &fwd.url());
+    let text = fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("io_timeout_s = 10\n"));
+    fs::write(
+        &cfg,
+        text.replace("io_timeout_s = 10\n", "io_timeout_s = 2\n"),
+    )
+    .unwrap();
+    fwd.set(Fault::StallAfter(size / 2));
+    let out = shipper(&cfg, &["--once"]);
+    assert_exit(&out, 75);
+    assert!(stderr(&out).contains("ep-1: "), "{}", describe(&out));
+    assert!(lab.data("outbox/ep-1.tar.zst").exists(), "tarball kept");
+    fwd.set(Fault::None);
+    lab.receiver().wait_log("bytes kept to resume");
+    let before = fwd.up_bytes();
+    let out = shipper(&cfg, &["--once"]);
+    assert_exit(&out, 0);
+    let sent = fwd.up_bytes() - before;
+    assert!(
+        sent < size * 6 / 10,
+        "the second pass sent {sent} of {size} bytes\n{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("ep-1: resumed at "),
+        "{}",
+        describe(&out)
+    );
+    stored_is_the_episode(&lab, "ep-1");
 }
