@@ -280,7 +280,13 @@ fn record(
         }),
         last_contact_unix: contact.or(before.last_contact_unix),
     };
-    if let Err(e) = state.write(&cfg.data_dir) {
+    // Escalation counts from the first pass and the last contact: those
+    // must survive a power cut. The rest is a report of the last pass, so
+    // a pass that changed neither (an empty one, every timer tick) costs
+    // no fsync; a lost report reads as none.
+    let durable = state.first_pass_unix != before.first_pass_unix
+        || state.last_contact_unix != before.last_contact_unix;
+    if let Err(e) = state.write(&cfg.data_dir, durable) {
         warn!("cannot write {}: {e}", state::path(&cfg.data_dir).display());
     }
 }
