@@ -253,7 +253,11 @@ fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }
 
-fn parse_headers<'a>(
+/// Field lines (each without its CRLF) under the head's strict syntax: no
+/// obs-fold, no whitespace before the colon, a token for a name, a
+/// printable value; at most `limits.max_headers` of them. A head's fields,
+/// and a chunked body's trailer section (`chunked`).
+pub fn parse_fields<'a>(
     lines: impl Iterator<Item = &'a [u8]>,
     limits: &Limits,
 ) -> Result<Headers, HeadError> {
@@ -340,7 +344,7 @@ pub fn parse_request_head(head: &[u8], limits: &Limits) -> Result<RequestHead, H
         return Err(HeadError::Malformed("invalid byte in the request target"));
     }
     let version = parse_version(version)?;
-    let headers = parse_headers(lines, limits)?;
+    let headers = parse_fields(lines, limits)?;
     Ok(RequestHead {
         // Checked above: ASCII only.
         method: String::from_utf8_lossy(method).into_owned(),
@@ -371,7 +375,7 @@ pub fn parse_response_head(head: &[u8], limits: &Limits) -> Result<ResponseHead,
         return Err(HeadError::Malformed("status code out of range"));
     }
     let reason = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let headers = parse_headers(lines, limits)?;
+    let headers = parse_fields(lines, limits)?;
     Ok(ResponseHead {
         version,
         status,
