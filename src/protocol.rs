@@ -605,6 +605,13 @@ pub mod resumable {
             "?0"
         }
     }
+
+    /// Whether `v` is an `Upload-Key` exactly as sent and recorded (the
+    /// shipper's sidecar `key` line): [`parse_upload_key`] without the
+    /// optional whitespace a field value may carry around it.
+    pub fn is_upload_key(v: &str) -> bool {
+        v.len() == 32 && parse_upload_key(v).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -648,6 +655,17 @@ mod tests {
             &format!("{} {}", &key[..16], &key[16..]),
         ] {
             assert!(parse_upload_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_upload_key("0123456789abcdef0123456789abcdef"));
+        assert!(!is_upload_key(&format!(" {}", &key[1..])), "no whitespace");
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            assert!(!is_upload_key(bad), "{bad:?}");
         }
         let d = [9u8; 32];
         assert_eq!(parse_repr_digest(&super::content_digest(&d)), Ok(d));
