@@ -348,6 +348,7 @@ fn s9_a_streamed_upload_is_retired_only_once_the_receiver_made_it_durable() {
     let recv = read_trace(&recv_trace);
     let host_dir = store.join("lab-01").display().to_string();
     let data = cfg.data_dir.display().to_string();
+    let outbox = format!("<{data}/outbox>");
     let mut from = 0;
     let mut recv_from = 0;
     for ep in ["ep-a", "ep-b"] {
@@ -370,6 +371,18 @@ fn s9_a_streamed_upload_is_retired_only_once_the_receiver_made_it_durable() {
                 "{ep}: {needles:?}"
             );
         }
+        // The answer is recorded (a receipt written from the record: there
+        // is no sidecar to rename) and synced before the retire relies on it.
+        let receipt = expect(
+            &lines,
+            gone,
+            &[
+                "rename",
+                &format!("/outbox/{ep}.receipt.tmp\""),
+                &format!("/outbox/{ep}.receipt\""),
+            ],
+        );
+        let synced = expect(&lines, receipt, &["fsync(", &outbox]);
         let retire = expect(
             &lines,
             gone,
@@ -378,6 +391,10 @@ fn s9_a_streamed_upload_is_retired_only_once_the_receiver_made_it_durable() {
                 &format!("/episodes/{ep}\""),
                 &format!("/shipped/{ep}\""),
             ],
+        );
+        assert!(
+            synced < retire,
+            "{ep}: retired before its receipt was durable"
         );
         expect(&lines, retire, &["fsync(", &format!("<{data}/episodes>")]);
         expect(&lines, retire, &["fsync(", &format!("<{data}/shipped>")]);

@@ -513,7 +513,7 @@ impl Pass<'_> {
         let (resp, secs) = (&sent.resp, sent.secs);
         match v {
             Verdict::Retire { stored } => {
-                if let Err(e) = retire::confirm(&self.dirs, id) {
+                if let Err(e) = retire::confirm(&self.dirs, id, &t.record) {
                     warn!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
                     self.summary.retry += 1;
                     return;
