@@ -74,12 +74,14 @@ rm -rf "$DIST"
 mkdir -p "$DIST"
 for t in "${TARGETS[@]}"; do
     note "building $t"
-    bin_args=()
-    for b in "${BINS[@]}"; do bin_args+=(--bin "$b"); done
-    # --locked: a release is built from Cargo.lock as committed.
-    cargo zigbuild --release --locked --target "$t" "${bin_args[@]}"
     for b in "${BINS[@]}"; do
-        install -m 0755 "$TARGET_DIR/$t/release/$b" "$DIST/$b-$t"
+        # The shipper aborts on a panic (smaller); the receiver unwinds, so
+        # a panic ends one connection, not all (docs/build.md).
+        profile=release
+        [[ $b == cis490-shipper ]] && profile=release-shipper
+        # --locked: a release is built from Cargo.lock as committed.
+        cargo zigbuild --profile "$profile" --locked --target "$t" --bin "$b"
+        install -m 0755 "$TARGET_DIR/$t/$profile/$b" "$DIST/$b-$t"
     done
 done
 

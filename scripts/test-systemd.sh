@@ -41,7 +41,10 @@ IMAGE=$CACHE/bookworm-v1
 # The binaries `make static` builds, under their `make dist` names.
 ARCH=x86_64
 MUSL=$ARCH-unknown-linux-musl
+# The shipper from the release-shipper profile, the receiver from release
+# (see the Makefile's static target).
 BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/$MUSL/release
+SHIPPER_BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/$MUSL/release-shipper
 # The boot timer fires OnBootSec=2min after the container starts (plus up
 # to RandomizedDelaySec=90s) and up to AccuracySec=15s late; the test's
 # drop-in brings that to 20 s, 0 and 1 s (the schedule is the unit's
@@ -204,7 +207,7 @@ mkdir "$WORK/central" "$WORK/lab"
 cp "$BIN_DIR/cis490-receiver" "$WORK/central/cis490-receiver-$MUSL"
 cp "$REPO/scripts/install-receiver.sh" "$WORK/pki/ca.crt" "$WORK/pki/server.crt" \
     "$WORK/pki/server.key" "$WORK/central/"
-cp "$BIN_DIR/cis490-shipper" "$WORK/lab/cis490-shipper-$MUSL"
+cp "$SHIPPER_BIN_DIR/cis490-shipper" "$WORK/lab/cis490-shipper-$MUSL"
 cp "$REPO/scripts/install-lab-host.sh" "$WORK/pki/ca.crt" "$WORK/pki/hosts/lab-01."{crt,key,token} \
     "$WORK/lab/"
 

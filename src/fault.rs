@@ -12,6 +12,9 @@
 //!   set; `<name>:<ERR>@k` fails only the k-th call (a transient failure).
 //!   Names: the store's file operations, and `recv.spawn` (starting a
 //!   receiver thread; EAGAIN is what a pids limit gives).
+//! - `CIS490_PANIC_AT=<name>[@k]` panics at that crash point instead (the
+//!   k-th hit, default the first): a bug in one receiver connection, which
+//!   must end that connection's thread and nothing else (docs/build.md).
 
 /// Every crash point, so a test can loop over all of them.
 pub const POINTS: &[&str] = &[
@@ -55,24 +58,35 @@ mod imp {
 
     static HITS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
-    pub fn point(name: &str) {
-        let Ok(spec) = std::env::var("CIS490_CRASH_AT") else {
-            return;
-        };
+    /// Whether this hit of point `name` is the one `spec` (`<name>[@k]`)
+    /// names; hits are counted under `key`.
+    fn nth_hit(spec: &str, name: &str, key: String) -> bool {
         let (want, nth) = match spec.split_once('@') {
-            Some((n, k)) => (n.to_owned(), k.parse::<u32>().unwrap_or(1)),
+            Some((n, k)) => (n, k.parse::<u32>().unwrap_or(1)),
             None => (spec, 1),
         };
         if want != name {
-            return;
+            return false;
         }
         let mut hits = HITS.lock().unwrap_or_else(|p| p.into_inner());
         let count = hits
             .get_or_insert_with(HashMap::new)
-            .entry(name.to_owned())
+            .entry(key)
             .or_insert(0);
         *count += 1;
-        if *count == nth {
+        *count == nth
+    }
+
+    pub fn point(name: &str) {
+        if let Ok(spec) = std::env::var("CIS490_PANIC_AT") {
+            if nth_hit(&spec, name, format!("panic:{name}")) {
+                panic!("injected panic at {name} (CIS490_PANIC_AT)");
+            }
+        }
+        let Ok(spec) = std::env::var("CIS490_CRASH_AT") else {
+            return;
+        };
+        if nth_hit(&spec, name, name.to_owned()) {
             let _ = io::stderr().write_all(format!("CRASHPOINT {name}\n").as_bytes());
             #[allow(unsafe_code)]
             // SAFETY: kill(2) on our own pid with a constant signal; no memory is touched.

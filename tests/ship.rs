@@ -195,6 +195,26 @@ fn conflict_quarantines_and_exits_65() {
     assert_eq!(names(&lab.data("shipped")), ["ep-1", "ep-2"]);
 }
 
+/// A panic in one receiver connection (a bug) ends that connection's
+/// thread only: the process goes on and gives the slot back, so with a
+/// single connection slot the next pass ships. The release receiver keeps
+/// this by unwinding (src/bin/cis490-receiver.rs, docs/build.md).
+#[test]
+fn a_panic_in_one_connection_leaves_the_receiver_serving() {
+    let lab = Lab::build("ship-panic")
+        .receiver_extra("max_connections = 1\n")
+        .receiver_env("CIS490_PANIC_AT", "recv.after_head")
+        .start();
+    lab.episode("ep-1", 50_000, 1);
+    let out = lab.once();
+    assert_exit(&out, 75);
+    lab.receiver().wait_log("injected panic at recv.after_head");
+    assert_eq!(names(&lab.data("episodes")), ["ep-1"]);
+    let out = lab.once();
+    assert_exit(&out, 0);
+    assert_eq!(names(&lab.data("shipped")), ["ep-1"]);
+}
+
 #[test]
 fn receiver_down_keeps_everything_then_ships_when_back() {
     let mut lab = Lab::new("ship-down");
