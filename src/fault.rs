@@ -10,8 +10,10 @@
 //! - `CIS490_FAULT_AT=<name>:ENOSPC|EDQUOT|EIO|EAGAIN` makes every
 //!   `io(<name>)` call fail with that error, for as long as the variable is
 //!   set; `<name>:<ERR>@k` fails only the k-th call (a transient failure).
-//!   Names: the store's file operations, and `recv.spawn` (starting a
-//!   receiver thread; EAGAIN is what a pids limit gives).
+//!   Names: the store's file operations, `recv.spawn` (starting a
+//!   receiver thread; EAGAIN is what a pids limit gives), and
+//!   `recv.trailer` (any error: a chunked body's trailer is dropped, as a
+//!   proxy that drops trailers would).
 //! - `CIS490_PANIC_AT=<name>[@k]` panics at that crash point instead (the
 //!   k-th hit, default the first): a bug in one receiver connection, which
 //!   must end that connection's thread and nothing else (docs/build.md).

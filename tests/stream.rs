@@ -141,3 +141,38 @@ fn an_id_already_stored_is_answered_digest_first() {
     lab.receiver().wait_log("PUT /v1/episodes/lab-01/ep-1 200");
     assert_eq!(lab.logged("PUT /v1/episodes/lab-01/ep-1 201"), 1);
 }
+
+#[test]
+fn a_trailer_dropped_on_the_way_is_completed_by_the_shipper() {
+    // A proxy that drops the trailer: the receiver gets the whole body but
+    // no digest, keeps it (400 digest_missing) and the shipper completes it
+    // at once with an empty PATCH carrying the digest: nothing sent twice.
+    let lab = Lab::build("stream-no-trailer")
+        .receiver_env("CIS490_FAULT_AT", "recv.trailer:EIO")
+        .start();
+    lab.incompressible("ep-1", 3_000_000, 7);
+    let out = lab.once();
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("ep-1: the receiver got the body without its digest"),
+        "{err}"
+    );
+    assert!(err.contains("ep-1: stored"), "{err}");
+    let r = lab.receiver();
+    r.wait_log("PUT /v1/episodes/lab-01/ep-1 400");
+    r.wait_log("PATCH /v1/episodes/lab-01/ep-1 201");
+    lab.assert_stored_is_shipped("ep-1");
+    assert!(lab.temps().is_empty(), "{:?}", lab.temps());
+    // The body crossed once: what the pass reports sent is one tarball
+    // (plus the empty PATCH), not two.
+    let size = fs::metadata(lab.stored("ep-1")).unwrap().len() as f64;
+    let sent: f64 = err
+        .lines()
+        .find(|l| l.contains("pass done"))
+        .and_then(|l| l.split(" MB of tarballs shipped, ").nth(1))
+        .and_then(|t| t.split(" MB sent").next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no 'MB sent' in {err}"));
+    assert!(sent * 1e6 < size * 1.05, "sent {sent} MB for {size} bytes");
+}
