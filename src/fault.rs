@@ -41,6 +41,10 @@ pub const POINTS: &[&str] = &[
     "recv.after_publish",
     "recv.after_dir_fsync",
     "recv.before_response",
+    // The object store's publish (`s3`): halfway through sending a data
+    // object's (or a part's) bytes, and between the data and the name.
+    "s3.mid_data",
+    "s3.after_data",
 ];
 
 #[cfg(feature = "fault-injection")]

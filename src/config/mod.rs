@@ -28,6 +28,7 @@ use crate::ids;
 
 mod doc;
 mod files;
+pub mod s3;
 mod toml;
 
 use doc::Doc;
@@ -318,13 +319,17 @@ pub struct ReceiverConfig {
     /// first. Defaults to `max_body_bytes`: one upload of the largest size
     /// can always be resumed, and no host holds more than that unfinished.
     pub max_partial_bytes_per_host: u64,
+    /// Set: uploads are published to this object store, and `store_dir`
+    /// is only the spool of uploads in progress. Defaults to none.
+    pub s3: Option<s3::S3Config>,
 }
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
      max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
      body_timeout_s, idle_timeout_s, metrics_file, partial_ttl_hours, \
-     max_partial_bytes_per_host, [hosts]";
+     max_partial_bytes_per_host, s3_endpoint, s3_bucket, s3_prefix, s3_region, \
+     s3_access_key_id, s3_secret_key_file, s3_ca_file, s3_max_single_put_bytes, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -425,6 +430,7 @@ impl ReceiverConfig {
             Duration::from_secs(3600 * doc.integer("partial_ttl_hours", 72, 1, 8760)?);
         let max_partial_bytes_per_host =
             doc.integer("max_partial_bytes_per_host", max_body_bytes, 0, 1 << 50)?;
+        let s3 = s3::read(&mut doc, max_body_bytes)?;
         doc.finish(RECEIVER_KEYS)?;
         Ok(ReceiverConfig {
             path: path.to_owned(),
@@ -443,6 +449,7 @@ impl ReceiverConfig {
             metrics_file,
             partial_ttl,
             max_partial_bytes_per_host,
+            s3,
         })
     }
 }

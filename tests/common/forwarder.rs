@@ -18,6 +18,9 @@ pub enum Fault {
     /// Close both sides once this many bytes came from the client (summed
     /// over every connection since the fault was set).
     CutAfter(u64),
+    /// Forward the client's bytes at about this many bytes per second (per
+    /// connection): a slow link.
+    Rate(u64),
 }
 
 #[allow(dead_code)]
@@ -102,6 +105,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
         let mut cut = false;
         if let Some((up, fault)) = &counted {
             let (f, base) = *fault.lock().unwrap();
+            if let Fault::Rate(per_s) = f {
+                // A pace, not a synchronisation: the link is this slow.
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / per_s.max(1) as f64));
+            }
             if let Fault::CutAfter(limit) = f {
                 let so_far = up.load(Ordering::SeqCst) - base;
                 if so_far + n as u64 >= limit {
