@@ -12,6 +12,12 @@
 //!   set; `<name>:<ERR>@k` fails only the k-th call (a transient failure).
 //!   Names: the store's file operations, and `recv.spawn` (starting a
 //!   receiver thread; EAGAIN is what a pids limit gives).
+//! - `CIS490_HOLD_DIR=<dir>`: at a crash point `<name>`, while
+//!   `<dir>/<name>` exists the thread waits (60 s at most), after
+//!   writing `HOLDPOINT <name>` to stderr. A test lines two processes up
+//!   at the same step (two receivers about to name one episode) or changes
+//!   a file while one waits, then deletes the file to let them go: a poll
+//!   for the test's signal, not a sleep that hopes.
 
 /// Every crash point, so a test can loop over all of them.
 pub const POINTS: &[&str] = &[
@@ -56,6 +62,7 @@ mod imp {
     static HITS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
     pub fn point(name: &str) {
+        hold(name);
         let Ok(spec) = std::env::var("CIS490_CRASH_AT") else {
             return;
         };
@@ -79,6 +86,21 @@ mod imp {
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
+        }
+    }
+
+    fn hold(name: &str) {
+        let Some(dir) = std::env::var_os("CIS490_HOLD_DIR") else {
+            return;
+        };
+        let gate = std::path::Path::new(&dir).join(name);
+        if !gate.exists() {
+            return;
+        }
+        let _ = io::stderr().write_all(format!("HOLDPOINT {name}\n").as_bytes());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while gate.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 

@@ -507,6 +507,7 @@ pub mod status {
     pub const DIGEST_MISMATCH: &str = Status::DigestMismatch.word();
     pub const UPLOAD_IN_PROGRESS: &str = Status::UploadInProgress.word();
     pub const OFFSET_MISMATCH: &str = Status::OffsetMismatch.word();
+    pub const UNAVAILABLE: &str = Status::Unavailable.word();
 }
 
 /// Resumable uploads (docs/transport.md, "Resumable uploads"): the header

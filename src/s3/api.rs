@@ -224,6 +224,9 @@ pub enum ErrorKind {
     Protocol(String),
     /// The spooled upload could not be read: this machine's disk.
     Local(io::Error),
+    /// The spooled upload no longer has the sha256 it was verified to
+    /// have (read again to be sent in parts): this machine's disk.
+    SpoolChanged,
 }
 
 /// A request to the store that failed: which, on which key, and why.
@@ -259,9 +262,15 @@ impl S3Error {
 
     /// The store refused the bytes it received as not the ones signed for
     /// (`x-amz-content-sha256`): they changed on this machine's disk.
+    /// Or we found so ourselves before sending the last part.
     pub fn is_payload_mismatch(&self) -> bool {
-        matches!(&self.kind, ErrorKind::Status { code: Some(c), .. }
-            if c == "XAmzContentSHA256Mismatch" || c == "BadDigest")
+        match &self.kind {
+            ErrorKind::SpoolChanged => true,
+            ErrorKind::Status { code: Some(c), .. } => {
+                c == "XAmzContentSHA256Mismatch" || c == "BadDigest"
+            }
+            _ => false,
+        }
     }
 
     /// What the shipper is told: 503 (retry later: the store is down,
@@ -290,6 +299,10 @@ impl S3Error {
             ErrorKind::Status { .. } => "the object store's logs say more",
             ErrorKind::Protocol(_) => "is s3_endpoint an S3 API?",
             ErrorKind::Local(_) => "check store_dir's disk (dmesg)",
+            ErrorKind::SpoolChanged => {
+                "store_dir's disk changed a verified upload: check it (dmesg, SMART); the \
+                 upload was dropped and will be sent again"
+            }
         }
     }
 }
@@ -314,6 +327,10 @@ impl fmt::Display for S3Error {
             }
             ErrorKind::Protocol(m) => write!(f, "unusable answer: {m}")?,
             ErrorKind::Local(e) => write!(f, "reading the spooled upload: {e}")?,
+            ErrorKind::SpoolChanged => write!(
+                f,
+                "the spooled upload no longer has the sha256 it was verified to have"
+            )?,
         }
         write!(f, " ({})", self.hint())
     }

@@ -387,7 +387,7 @@ impl S3Store {
                 ));
             }
         };
-        let result = self.upload_parts(s, key, &id, file, len, beat);
+        let result = self.upload_parts(s, key, &id, file, len, digest, beat);
         if result.is_err() {
             // Best effort: parts of an upload neither completed nor aborted
             // hold space until a lifecycle rule removes them.
@@ -417,6 +417,7 @@ impl S3Store {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn upload_parts(
         &self,
         s: &mut Session<'_>,
@@ -424,14 +425,27 @@ impl S3Store {
         id: &str,
         file: &File,
         len: u64,
+        digest: &[u8; 32],
         beat: &mut dyn FnMut(),
     ) -> Result<(), S3Error> {
         let mut done = String::from("<CompleteMultipartUpload>");
-        for (n, offset, plen) in parts(len, part_size(len, self.max_single_put)) {
+        // The store checks each part against the sha256 signed for it, and
+        // that is computed from the spool here, not from what the shipper
+        // sent: the whole upload's sha256, over the same reads, ties the
+        // parts to the verified digest (a spool changed on this disk since
+        // its verification must not become the object named by it).
+        let mut whole = Sha256::new();
+        let parts = parts(len, part_size(len, self.max_single_put));
+        let last = parts.len() as u32;
+        for (n, offset, plen) in parts {
             // Read twice (here, then to send it), never held in memory:
             // the signature states the part's sha256 before its bytes.
-            let sha = hash_range(file, offset, plen, beat)
+            let sha = hash_range(file, offset, plen, &mut whole, beat)
                 .map_err(|e| S3Error::new(Op::PutPart, key, ErrorKind::Local(e)))?;
+            if n == last && <[u8; 32]>::from(whole.clone().finalize()) != *digest {
+                // Before the last part is sent: nothing completes.
+                return Err(S3Error::new(Op::PutPart, key, ErrorKind::SpoolChanged));
+            }
             let number = n.to_string();
             let call = Call {
                 op: Op::PutPart,
@@ -532,11 +546,13 @@ impl S3Store {
     }
 }
 
-/// sha256 of `len` bytes of `file` from `offset`, `beat` between chunks.
+/// sha256 of `len` bytes of `file` from `offset`, the same bytes fed to
+/// `whole` too, `beat` between chunks.
 fn hash_range(
     file: &File,
     offset: u64,
     len: u64,
+    whole: &mut Sha256,
     beat: &mut dyn FnMut(),
 ) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
@@ -548,6 +564,7 @@ fn hash_range(
             .min(usize::try_from(len - at).unwrap_or(usize::MAX));
         file.read_exact_at(&mut chunk[..n], offset + at)?;
         hasher.update(&chunk[..n]);
+        whole.update(&chunk[..n]);
         at += n as u64;
         beat();
     }
