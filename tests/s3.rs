@@ -417,8 +417,10 @@ fn two_receivers_share_one_bucket_with_the_same_guarantees() {
     // The same id, other bytes, through both receivers at the same moment:
     // both hold after writing their data, before naming it.
     for (id, bytes) in [("ep-race", 400_000), ("ep-race-big", LARGE)] {
-        let x = rig.shipper("race-x", "lab-01", &a.url());
-        let y = rig.shipper("race-y", "lab-01", &b.url());
+        // Shippers of their own each round: a loser's quarantined id
+        // would make its next pass exit 65 too.
+        let x = rig.shipper(&format!("x-{id}"), "lab-01", &a.url());
+        let y = rig.shipper(&format!("y-{id}"), "lab-01", &b.url());
         make_episode(&x.data_dir, id, bytes, 10, true);
         make_episode(&y.data_dir, id, bytes, 11, true);
         let (srcx, srcy) = (source(&x, id), source(&y, id));
