@@ -575,6 +575,12 @@ token_file = "/etc/cis490/shipper.token"
 # else: B/s, kB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s, kbit/s, Mbit/s, Gbit/s
 # (1 KiB/s to 1 TB/s). Default: no limit.
 #max_upload_rate = "20MB/s"
+
+# Send each tarball while it is being packed (a chunked PUT whose digest
+# follows the body), instead of packing it whole first: the upload overlaps
+# the packing. false: pack, then send (for a proxy in front of the receiver
+# that drops HTTP trailers). Default true.
+#upload_while_packing = true
 CIS490_TEMPLATE_END
 }
 # END EMBEDDED

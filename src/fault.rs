@@ -33,6 +33,8 @@ pub const POINTS: &[&str] = &[
     "up.after_body",
     "up.after_status",
     "up.resume_offset",
+    "stream.mid_body",
+    "stream.after_trailer",
     "ship.after_receipt",
     "ship.after_confirm",
     "ship.after_rename",

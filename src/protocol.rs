@@ -565,6 +565,15 @@ pub mod resumable {
             "?0"
         }
     }
+
+    /// Names the partial of a streamed upload while its digest is not
+    /// known yet (docs/transport.md, "Upload while packing").
+    pub const UPLOAD_KEY: &str = "Upload-Key";
+
+    /// An `Upload-Key`: exactly 32 lowercase hex digits (128 bits).
+    pub fn is_upload_key(v: &str) -> bool {
+        v.len() == 32 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +603,16 @@ mod tests {
             assert!(parse_complete(bad).is_err(), "{bad:?}");
         }
         assert_eq!(complete(true), "?1");
+        assert!(is_upload_key("0123456789abcdef0123456789abcdef"));
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            assert!(!is_upload_key(bad), "{bad:?}");
+        }
         let d = [9u8; 32];
         assert_eq!(parse_repr_digest(&super::content_digest(&d)), Ok(d));
         let e = parse_repr_digest("sha-512=:AAAA:").unwrap_err();

@@ -87,7 +87,14 @@ impl std::ops::Deref for World {
 
 impl World {
     fn new(name: &str, receiver_env: &[(&str, &str)]) -> World {
+        World::with(name, receiver_env, Mode::Stream)
+    }
+
+    fn with(name: &str, receiver_env: &[(&str, &str)], mode: Mode) -> World {
         let mut b = Lab::build(name);
+        if mode == Mode::PackFirst {
+            b = b.shipper_extra("upload_while_packing = false\n");
+        }
         for (k, v) in receiver_env {
             b = b.receiver_env(k, v);
         }
@@ -375,13 +382,17 @@ fn case_name(prefix: &str, spec: &str) -> String {
 
 /// Kill the shipper at `spec` (`point` or `point@k`), check I1-I4, then a
 /// clean pass converges and a third pass is a no-op.
-fn shipper_crash(point: &str, nth: u32) {
+fn shipper_crash(point: &str, nth: u32, mode: Mode) {
     let spec = if nth == 1 {
         point.to_owned()
     } else {
         format!("{point}@{nth}")
     };
-    let w = World::new(&case_name("crash", &spec), &[]);
+    let prefix = match mode {
+        Mode::Stream => "crash",
+        Mode::PackFirst => "crash-packfirst",
+    };
+    let w = World::with(&case_name(prefix, &spec), &[], mode);
     let out = w.once_env(&[("CIS490_CRASH_AT", &spec)]);
     assert!(
         stderr(&out).contains(&format!("CRASHPOINT {point}\n")),
@@ -430,7 +441,7 @@ fn shipper_crash_points_converge() {
         .iter()
         .copied()
         .filter(|p| {
-            ["pack.", "up.", "ship.", "clean."]
+            ["pack.", "up.", "stream.", "ship.", "clean."]
                 .iter()
                 .any(|x| p.starts_with(x))
         })
@@ -453,27 +464,69 @@ fn shipper_crash_points_converge() {
         );
     }
     let mut cases: Vec<Case> = Vec::new();
-    for &p in &points {
-        cases.push((p.to_owned(), Box::new(move || shipper_crash(p, 1))));
+    for mode in [Mode::Stream, Mode::PackFirst] {
+        for &p in points.iter().filter(|p| reached(p, mode)) {
+            let name = format!("{p} {mode:?}");
+            cases.push((name, Box::new(move || shipper_crash(p, 1, mode))));
+            if per_episode(p) {
+                let name = format!("{p}@2 {mode:?}");
+                cases.push((name, Box::new(move || shipper_crash(p, 2, mode))));
+            }
+        }
     }
-    for &p in points.iter().filter(|p| per_episode(p)) {
-        cases.push((format!("{p}@2"), Box::new(move || shipper_crash(p, 2))));
+    for p in &points {
+        assert!(
+            reached(p, Mode::Stream) || reached(p, Mode::PackFirst),
+            "{p} is reached in no mode"
+        );
     }
     run_cases(cases);
+}
+
+/// How the shipper sends a tarball it packs in the pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// While packing (the default): a chunked `PUT`.
+    Stream,
+    /// `upload_while_packing = false`: a durable tarball first, then a `PUT`.
+    PackFirst,
+}
+
+/// Whether a clean run of `mode` passes crash point `p`: a streamed upload
+/// that the receiver takes never makes its tarball durable, nor sends a
+/// body of known length.
+fn reached(p: &str, mode: Mode) -> bool {
+    let pack_first_only = [
+        "pack.after_fsync",
+        "pack.after_sidecar",
+        "pack.after_rename",
+        "pack.after_dirfsync",
+        "up.mid_body",
+        "up.after_body",
+    ];
+    match mode {
+        Mode::Stream => !pack_first_only.contains(&p),
+        Mode::PackFirst => !p.starts_with("stream."),
+    }
 }
 
 /// Kill the receiver at `spec`; the shipper sees a dead peer (75); no
 /// final is torn; a restarted receiver removes the temps and a clean pass
 /// converges, confirming with 200 what was published before the kill.
-fn receiver_crash(point: &str, nth: usize) {
+fn receiver_crash(point: &str, nth: usize, mode: Mode) {
     let spec = if nth == 1 {
         point.to_owned()
     } else {
         format!("{point}@{nth}")
     };
-    let mut w = World::new(
-        &case_name("recv-crash", &spec),
+    let prefix = match mode {
+        Mode::Stream => "recv-crash",
+        Mode::PackFirst => "recv-crash-packfirst",
+    };
+    let mut w = World::with(
+        &case_name(prefix, &spec),
         &[("CIS490_CRASH_AT", &spec)],
+        mode,
     );
     let out = w.once();
     let status = {
@@ -574,20 +627,27 @@ fn receiver_crash_points_converge() {
         .filter(|p| p.starts_with("recv.") && !RESUME_POINTS.contains(p))
         .collect();
     assert!(points.len() >= 6, "receiver points: {points:?}");
+    // Each with a streamed (chunked) upload and a packed-first one (its
+    // length known).
     let mut cases: Vec<Case> = Vec::new();
-    for &p in &points {
-        cases.push((format!("recv {p}"), Box::new(move || receiver_crash(p, 1))));
-    }
-    // The second upload, on a kept-alive connection.
-    for p in [
-        "recv.mid_body",
-        "recv.after_publish",
-        "recv.before_response",
-    ] {
-        cases.push((
-            format!("recv {p}@2"),
-            Box::new(move || receiver_crash(p, 2)),
-        ));
+    for mode in [Mode::Stream, Mode::PackFirst] {
+        for &p in &points {
+            cases.push((
+                format!("recv {p} {mode:?}"),
+                Box::new(move || receiver_crash(p, 1, mode)),
+            ));
+        }
+        // The second upload, on a kept-alive connection.
+        for p in [
+            "recv.mid_body",
+            "recv.after_publish",
+            "recv.before_response",
+        ] {
+            cases.push((
+                format!("recv {p}@2 {mode:?}"),
+                Box::new(move || receiver_crash(p, 2, mode)),
+            ));
+        }
     }
     run_cases(cases);
 }
@@ -668,7 +728,7 @@ fn receiver_fsync_eio() {
 /// untouched, 75; a clean pass then ships everything.
 fn shipper_fsync_eio() {
     let case = "shipper sync_file:EIO";
-    let w = World::new("fault-ship-eio", &[]);
+    let w = World::with("fault-ship-eio", &[], Mode::PackFirst);
     let before = snapshot(&w.data("episodes"), Mtimes::Exact);
     let out = w.once_env(&[("CIS490_FAULT_AT", "sync_file:EIO")]);
     assert_exit(&out, 75);
@@ -719,7 +779,9 @@ fn injected_io_errors() {
 /// nothing; after the holder is killed -9 the next run proceeds.
 #[test]
 fn concurrent_passes_take_turns() {
-    let w = World::new("c10", &[]);
+    // Packing first: the first pass must pack before it blocks on the
+    // stopped receiver (a streamed upload would block before packing).
+    let w = World::with("c10", &[], Mode::PackFirst);
     let recv_pid = w.receiver().child.id() as i32;
     let first_tarball = w.data("outbox").join(format!("{}.tar.zst", IDS[0]));
 
@@ -870,7 +932,7 @@ fn d1_new_recording_under_a_retired_id_is_quarantined_never_deleted() {
 #[test]
 fn d1_files_added_after_a_failed_upload_are_shipped() {
     let id = IDS[0];
-    let w = World::new("d1-late", &[]);
+    let w = World::with("d1-late", &[], Mode::PackFirst);
     let out = w.once_env(&[("CIS490_CRASH_AT", "up.mid_body")]);
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     assert!(w.data("outbox").join(format!("{id}.tar.zst")).exists());
@@ -1063,7 +1125,7 @@ const SHIPPER_RESUME_POINT: &str = "up.resume_offset";
 #[test]
 fn shipper_killed_between_head_and_patch_resumes() {
     let id = IDS[0];
-    let w = World::new("crash-resume-offset", &[]);
+    let w = World::with("crash-resume-offset", &[], Mode::PackFirst);
     let out = w.once_env(&[("CIS490_CRASH_AT", "up.mid_body")]);
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     // The receiver has let go of the partial (else the HEAD below could

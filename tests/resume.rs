@@ -1,6 +1,6 @@
 //! Long-haul transfers, end to end: a cut upload resumes where the
 //! receiver's durable copy stopped, through a real forwarder that cuts the
-//! link; a receiver killed mid-upload still lets the next pass resume; a
+//! link or stalls it; a receiver killed mid-upload still lets the next pass resume; a
 //! repacked episode starts over; and `max_upload_rate` holds.
 
 mod common;
@@ -9,69 +9,18 @@ use std::fs;
 use std::time::Instant;
 
 use common::forwarder::{Fault, Forwarder};
-use common::fs::{extract, names, snapshot, Mtimes};
+use common::fs::names;
 use common::lab::Lab;
 use common::*;
-
-/// An episode of `bytes` random (incompressible) bytes in one file, so the
-/// tarball is about that size.
-fn incompressible(lab: &Lab, id: &str, bytes: usize, seed: u64) {
-    let ep = lab.data(&format!("episodes/{id}"));
-    fs::create_dir_all(&ep).unwrap();
-    let mut x = seed | 1;
-    let mut data = vec![0u8; bytes];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-    fs::write(ep.join("frames.bin"), data).unwrap();
-    fs::write(ep.join("done.marker"), b"").unwrap();
-}
-
-/// The shipper's config pointed at `url` instead of the receiver.
-fn through(lab: &Lab, name: &str, url: &str) -> std::path::PathBuf {
-    let port = lab.receiver().https.unwrap().port();
-    lab.variant(
-        name,
-        &format!("https://localhost:{port}\""),
-        &format!("{url}\""),
-    )
-}
-
-/// Packs without uploading (the receiver's port is closed for this pass),
-/// and returns the tarball's size.
-fn pack_only(lab: &Lab, id: &str) -> u64 {
-    let port = lab.receiver().https.unwrap().port();
-    let dead = lab.variant("dead", &format!(":{port}\""), &format!(":{}\"", port + 1));
-    assert_exit(&shipper(&dead, &["--once"]), 75);
-    fs::metadata(lab.data(&format!("outbox/{id}.tar.zst")))
-        .unwrap()
-        .len()
-}
-
-/// The stored tarball, extracted with GNU tar and the zstd CLI, is the
-/// episode now in shipped/.
-fn stored_is_the_episode(lab: &Lab, id: &str) {
-    let x = lab.dir.join(&format!("extract-{id}"));
-    extract(&lab.stored(id), &x);
-    assert_eq!(
-        snapshot(&x.join(id), Mtimes::Seconds),
-        snapshot(&lab.data(&format!("shipped/{id}")), Mtimes::Seconds),
-        "{id}: the stored tarball is not the episode"
-    );
-}
 
 #[test]
 fn a_cut_upload_resumes_and_sends_less_than_half_again() {
     let lab = Lab::new("resume-cut");
-    incompressible(&lab, "ep-big", 110_000_000, 1);
-    let size = pack_only(&lab, "ep-big");
+    lab.incompressible("ep-big", 110_000_000, 1);
+    let size = lab.pack_only("ep-big");
     assert!(size >= 100_000_000, "{size}");
     let fwd = Forwarder::start(lab.receiver().https.unwrap());
-    let cfg = through(&lab, "via", &fwd.url());
+    let cfg = lab.through("via", &fwd.url());
     fwd.set(Fault::CutAfter(size * 2 / 3));
     let out = shipper(&cfg, &["--once"]);
     assert_exit(&out, 75);
@@ -94,7 +43,7 @@ fn a_cut_upload_resumes_and_sends_less_than_half_again() {
         "{}",
         describe(&out)
     );
-    stored_is_the_episode(&lab, "ep-big");
+    lab.assert_stored_is_shipped("ep-big");
 }
 
 #[test]
@@ -103,7 +52,7 @@ fn a_receiver_killed_mid_upload_still_lets_the_next_pass_resume() {
     let mut lab = Lab::build("resume-kill")
         .receiver_env("CIS490_CRASH_AT", "recv.mid_body")
         .start();
-    incompressible(&lab, "ep-1", 40_000_000, 2);
+    lab.incompressible("ep-1", 40_000_000, 2);
     let out = lab.once();
     assert_exit(&out, 75);
     lab.receiver().wait_log("CRASHPOINT recv.mid_body");
@@ -112,16 +61,16 @@ fn a_receiver_killed_mid_upload_still_lets_the_next_pass_resume() {
     assert_exit(&out, 0);
     let err = stderr(&out);
     assert!(err.contains("ep-1: resumed at "), "{err}");
-    stored_is_the_episode(&lab, "ep-1");
+    lab.assert_stored_is_shipped("ep-1");
 }
 
 #[test]
 fn a_repacked_episode_discards_the_old_partial() {
     let lab = Lab::new("resume-repack");
-    incompressible(&lab, "ep-1", 30_000_000, 3);
-    let size = pack_only(&lab, "ep-1");
+    lab.incompressible("ep-1", 30_000_000, 3);
+    let size = lab.pack_only("ep-1");
     let fwd = Forwarder::start(lab.receiver().https.unwrap());
-    let cfg = through(&lab, "via", &fwd.url());
+    let cfg = lab.through("via", &fwd.url());
     fwd.set(Fault::CutAfter(size / 2));
     assert_exit(&shipper(&cfg, &["--once"]), 75);
     fwd.set(Fault::None);
@@ -139,7 +88,7 @@ fn a_repacked_episode_discards_the_old_partial() {
     assert_exit(&out, 0);
     assert!(!stderr(&out).contains("resumed at"), "{}", describe(&out));
     assert!(partials().is_empty(), "{:?} left", partials());
-    stored_is_the_episode(&lab, "ep-1");
+    lab.assert_stored_is_shipped("ep-1");
 }
 
 /// The seconds an upload took, from the shipper's `… uploaded in Xs` line.
@@ -165,7 +114,7 @@ fn max_upload_rate_holds_and_holds_for_a_resumed_upload() {
     let lab = Lab::build("resume-rate")
         .shipper_extra("max_upload_rate = \"5MB/s\"\n")
         .start();
-    incompressible(&lab, "ep-1", 20_000_000, 4);
+    lab.incompressible("ep-1", 20_000_000, 4);
     let t = Instant::now();
     let out = lab.once();
     assert_exit(&out, 0);
@@ -183,10 +132,10 @@ fn max_upload_rate_holds_and_holds_for_a_resumed_upload() {
     );
 
     // Cut half way, then resumed: the rest (about 10 MB) at the same rate.
-    incompressible(&lab, "ep-2", 20_000_000, 5);
-    let size = pack_only(&lab, "ep-2");
+    lab.incompressible("ep-2", 20_000_000, 5);
+    let size = lab.pack_only("ep-2");
     let fwd = Forwarder::start(lab.receiver().https.unwrap());
-    let cfg = through(&lab, "via", &fwd.url());
+    let cfg = lab.through("via", &fwd.url());
     fwd.set(Fault::CutAfter(size / 2));
     assert_exit(&shipper(&cfg, &["--once"]), 75);
     fwd.set(Fault::None);
@@ -204,4 +153,45 @@ fn max_upload_rate_holds_and_holds_for_a_resumed_upload() {
         "resumed: {sent} bytes in {secs}s ({rate} B/s)\n{}",
         describe(&out)
     );
+}
+
+/// A link that goes silent mid-upload: the shipper gives up after
+/// `io_timeout_s` (75, tarball kept); once the link is back, the next pass
+/// resumes from what the receiver holds.
+#[test]
+fn a_stalled_upload_times_out_and_the_next_pass_resumes() {
+    let lab = Lab::new("resume-stall");
+    lab.incompressible("ep-1", 30_000_000, 6);
+    let size = lab.pack_only("ep-1");
+    let fwd = Forwarder::start(lab.receiver().https.unwrap());
+    let cfg = lab.through("via", &fwd.url());
+    let text = fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("io_timeout_s = 10\n"));
+    fs::write(
+        &cfg,
+        text.replace("io_timeout_s = 10\n", "io_timeout_s = 2\n"),
+    )
+    .unwrap();
+    fwd.set(Fault::StallAfter(size / 2));
+    let out = shipper(&cfg, &["--once"]);
+    assert_exit(&out, 75);
+    assert!(stderr(&out).contains("ep-1: "), "{}", describe(&out));
+    assert!(lab.data("outbox/ep-1.tar.zst").exists(), "tarball kept");
+    fwd.set(Fault::None);
+    lab.receiver().wait_log("bytes kept to resume");
+    let before = fwd.up_bytes();
+    let out = shipper(&cfg, &["--once"]);
+    assert_exit(&out, 0);
+    let sent = fwd.up_bytes() - before;
+    assert!(
+        sent < size * 6 / 10,
+        "the second pass sent {sent} of {size} bytes\n{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("ep-1: resumed at "),
+        "{}",
+        describe(&out)
+    );
+    lab.assert_stored_is_shipped("ep-1");
 }

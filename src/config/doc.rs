@@ -188,6 +188,15 @@ impl Doc {
         self.integer(key, min, min, max).map(Some)
     }
 
+    /// `true` or `false` (without quotes), `default` when absent.
+    pub(super) fn boolean(&mut self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Toml::Bool(b)) => Ok(b),
+            Some(_) => Err(self.err(key, "must be true or false (without quotes)")),
+        }
+    }
+
     pub(super) fn seconds(&mut self, key: &str, default: u64) -> Result<Duration, ConfigError> {
         Ok(Duration::from_secs(self.integer(key, default, 1, 86_400)?))
     }

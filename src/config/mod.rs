@@ -169,6 +169,9 @@ pub struct ShipperConfig {
     /// Upload bodies are paced to this many bytes per second. Defaults to
     /// no limit.
     pub max_upload_rate: Option<u64>,
+    /// Send a tarball while it is being packed (a chunked `PUT`), not
+    /// after. Defaults to true.
+    pub upload_while_packing: bool,
 }
 
 /// Retention of `shipped/` (`keep_shipped_days`, `min_free_percent`).
@@ -185,7 +188,8 @@ pub struct Retention {
 const SHIPPER_KEYS: &str =
     "host_id, data_dir, receiver, ca_file, cert_file, key_file, token_file, \
      compression_level, compression_threads, connect_timeout_s, io_timeout_s, \
-     keep_shipped_days, min_free_percent, alert_after_hours, metrics_file, max_upload_rate";
+     keep_shipped_days, min_free_percent, alert_after_hours, metrics_file, max_upload_rate, \
+     upload_while_packing";
 
 impl ShipperConfig {
     /// Reads and checks every key, and reads the token.
@@ -261,6 +265,7 @@ impl ShipperConfig {
                     .map_err(|e| doc.err("max_upload_rate", format!("`{text}`: {e}")))?,
             ),
         };
+        let upload_while_packing = doc.boolean("upload_while_packing", true)?;
         doc.finish(SHIPPER_KEYS)?;
         Ok(ShipperConfig {
             path: path.to_owned(),
@@ -279,6 +284,7 @@ impl ShipperConfig {
             alert_after,
             metrics_file,
             max_upload_rate,
+            upload_while_packing,
         })
     }
 }
@@ -643,6 +649,7 @@ mod tests {
         Int(f64),
         /// Read as the float it is, and refused by every integer key.
         Float(f64),
+        Bool(bool),
         /// Refused; the error contains these words and names line 1.
         Refused(&'static str),
     }
@@ -704,7 +711,9 @@ mod tests {
             ("a = 03.5", Refused("not a TOML number")),
             ("a = 3.", Refused("not a TOML number")),
             // Other value kinds no key takes.
-            ("a = true", Refused("booleans")),
+            ("a = true", Bool(true)),
+            ("a = false", Bool(false)),
+            ("a = True", Refused("not a TOML value")),
             ("a = 1979-05-27", Refused("dates")),
             ("a = 07:32:00", Refused("dates")),
             ("a = [1, 2]", Refused("arrays")),
@@ -753,6 +762,12 @@ mod tests {
                     assert_eq!(d.map.get("a"), Some(&Toml::Num(*v)), "{text:?}");
                     let e = d.integer("a", 1, 0, 1 << 20).unwrap_err().to_string();
                     assert!(e.contains("whole number"), "{text:?}: {e}");
+                }
+                (Bool(v), Ok(mut d)) => {
+                    assert_eq!(d.map.get("a"), Some(&Toml::Bool(*v)), "{text:?}");
+                    assert_eq!(d.boolean("a", !*v).ok(), Some(*v), "{text:?}");
+                    let e = doc(text).unwrap().integer("a", 1, 0, 1).unwrap_err();
+                    assert!(e.to_string().contains("must be a number"), "{text:?}: {e}");
                 }
                 (Refused(words), Err(e)) => {
                     let e = e.to_string();

@@ -17,6 +17,7 @@ pub(super) enum Plain {
     /// Read so that an integer key can say "must be a whole number"
     /// (nanoserde gives `3.0` and `3` alike); no key takes one.
     Float(f64),
+    Bool(bool),
 }
 
 /// A line the strict reader does not accept.
@@ -96,7 +97,7 @@ pub(super) const TOML_WS: [char; 2] = [' ', '\t'];
 /// the escapes would mean a string parser of our own beside nanoserde's,
 /// which would still mangle them; refusing keeps nanoserde the reader and
 /// makes its reading of every accepted string the identity. The same goes
-/// for literal and multi-line strings, exponents, booleans, dates, arrays
+/// for literal and multi-line strings, exponents, dates, arrays
 /// and inline tables: no key takes them, so a clear refusal costs nothing.
 pub(super) fn read_plain_toml(text: &str) -> Result<BTreeMap<String, (usize, Plain)>, LineError> {
     let mut entries = BTreeMap::new();
@@ -360,8 +361,10 @@ pub(super) fn is_digit_groups(digits: &str) -> bool {
 pub(super) fn read_word(word: &str) -> Result<Plain, (bool, String)> {
     let refuse = |m: String| Err((false, m));
     let digits = word.strip_prefix(['+', '-']).unwrap_or(word);
-    if matches!(word, "true" | "false") {
-        return refuse("booleans are not used by any cis490 key".into());
+    match word {
+        "true" => return Ok(Plain::Bool(true)),
+        "false" => return Ok(Plain::Bool(false)),
+        _ => {}
     }
     let sign_minus = word.starts_with('-');
     match digits {
@@ -434,6 +437,7 @@ pub(super) fn check_agreement(
             (Some(Toml::Str(s)), Plain::Str(v)) => s == v,
             (Some(Toml::Num(x)), Plain::Int(i)) => *x == *i as f64,
             (Some(Toml::Num(x)), Plain::Float(f)) => x == f || (x.is_nan() && f.is_nan()),
+            (Some(Toml::Bool(x)), Plain::Bool(b)) => x == b,
             _ => false,
         };
         if !same {

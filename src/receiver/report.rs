@@ -18,6 +18,7 @@ use crate::dirfd;
 use crate::ids;
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::Status;
+use crate::receiver::store::PARTIAL_PREFIX;
 use crate::s3::api::Stats;
 use crate::timefmt::unix;
 use crate::warn;
@@ -50,26 +51,45 @@ impl Counters {
     }
 }
 
-/// Episodes and bytes stored per host, from the store itself.
-fn stored_per_host(store_dir: &Path) -> Vec<(String, u64, u64)> {
+/// What one host's directory holds.
+#[derive(Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct HostTotals {
+    host: String,
+    episodes: u64,
+    bytes: u64,
+    /// Unfinished (resumable) uploads and their bytes: disk the sweep
+    /// (`partial_ttl_hours`, `max_partial_bytes_per_host`) bounds.
+    partials: u64,
+    partial_bytes: u64,
+}
+
+/// Episodes, bytes and partial uploads per host, from the store itself.
+fn stored_per_host(store_dir: &Path) -> Vec<HostTotals> {
     let mut out = Vec::new();
     for host in fs::read_dir(store_dir).into_iter().flatten().flatten() {
         let name = host.file_name().to_string_lossy().into_owned();
         if !ids::is_valid(&name) || !host.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let (mut n, mut bytes) = (0, 0);
+        let mut t = HostTotals {
+            host: name,
+            ..HostTotals::default()
+        };
         for f in fs::read_dir(host.path()).into_iter().flatten().flatten() {
             let f_name = f.file_name();
             let f_name = f_name.to_string_lossy();
-            if let Some(id) = f_name.strip_suffix(".tar.zst") {
+            let len = || f.metadata().map_or(0, |m| m.len());
+            if f_name.starts_with(PARTIAL_PREFIX) {
+                t.partials += 1;
+                t.partial_bytes += len();
+            } else if let Some(id) = f_name.strip_suffix(".tar.zst") {
                 if ids::is_valid(id) {
-                    n += 1;
-                    bytes += f.metadata().map_or(0, |m| m.len());
+                    t.episodes += 1;
+                    t.bytes += len();
                 }
             }
         }
-        out.push((name, n, bytes));
+        out.push(t);
     }
     out.sort();
     out
@@ -127,25 +147,34 @@ pub fn metrics(f: &Facts<'_>) -> Metrics {
     // episode: listing a bucket every 10 s would not scale (the store has
     // its own usage statistics, e.g. `radosgw-admin bucket stats`).
     let stored = stored_per_host(&f.config.store_dir);
-    m.family(
-        "cis490_receiver_episodes",
-        Kind::Gauge,
-        "Episodes stored, by host.",
-    );
-    for (host, n, _) in &stored {
-        m.sample("cis490_receiver_episodes", &[("host", host)], *n as f64);
-    }
-    m.family(
-        "cis490_receiver_stored_bytes",
-        Kind::Gauge,
-        "Bytes of the tarballs stored, by host.",
-    );
-    for (host, _, bytes) in &stored {
-        m.sample(
+    type Pick = fn(&HostTotals) -> u64;
+    let families: [(&str, &str, Pick); 4] = [
+        (
+            "cis490_receiver_episodes",
+            "Episodes stored, by host.",
+            |t| t.episodes,
+        ),
+        (
             "cis490_receiver_stored_bytes",
-            &[("host", host)],
-            *bytes as f64,
-        );
+            "Bytes of the tarballs stored, by host.",
+            |t| t.bytes,
+        ),
+        (
+            "cis490_receiver_partial_uploads",
+            "Unfinished (resumable) uploads kept, by host.",
+            |t| t.partials,
+        ),
+        (
+            "cis490_receiver_partial_bytes",
+            "Bytes of unfinished uploads kept, by host.",
+            |t| t.partial_bytes,
+        ),
+    ];
+    for (name, help, pick) in families {
+        m.family(name, Kind::Gauge, help);
+        for t in &stored {
+            m.sample(name, &[("host", &t.host)], pick(t) as f64);
+        }
     }
     if let Ok(space) = dirfd::space(&f.config.store_dir) {
         m.single(
@@ -218,5 +247,41 @@ impl Daily {
 impl Default for Daily {
     fn default() -> Daily {
         Daily::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_count_episodes_and_partials_apart() {
+        let root = std::env::temp_dir().join(format!("cis490-report-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let host = root.join("lab-01");
+        fs::create_dir_all(&host).unwrap();
+        fs::create_dir_all(root.join(".not-a-host")).unwrap();
+        for (name, len) in [
+            ("ep-1.tar.zst", 10),
+            ("ep-1.tar.zst.sha256", 80),
+            ("ep-2.tar.zst", 5),
+            (".partial-ep-3.0123abcd", 7),
+            (".partial-ep-4.k0123", 2),
+            (".upload-ep-5.1.1", 100),
+        ] {
+            fs::write(host.join(name), vec![0u8; len]).unwrap();
+        }
+        let got = stored_per_host(&root);
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            got,
+            [HostTotals {
+                host: "lab-01".into(),
+                episodes: 2,
+                bytes: 15,
+                partials: 2,
+                partial_bytes: 9,
+            }]
+        );
     }
 }

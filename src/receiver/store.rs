@@ -72,7 +72,7 @@ use crate::s3::store::{Found, Published, S3Store};
 use crate::{fault, ids, info};
 
 const TEMP_PREFIX: &str = ".upload-";
-const PARTIAL_PREFIX: &str = ".partial-";
+pub const PARTIAL_PREFIX: &str = ".partial-";
 
 /// A store operation that failed: what we were doing, on which path, and
 /// the system's error.

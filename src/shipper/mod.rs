@@ -5,8 +5,9 @@
 //! - `cli` parses arguments and maps outcomes to exit codes; `ping` checks
 //!   the path stage by stage.
 //! - `queue` runs a pass: `tidy` (crash leftovers), `prepare` (reuse or
-//!   pack a tarball), the upload through `client::Session`, `verdict` (what
-//!   an answer means), `retire` (confirm, move to `shipped/`).
+//!   pack a tarball), the upload through `client::Session` (`stream`: sent
+//!   while packed; `upload`: a tarball in `outbox/`), `verdict` (what an
+//!   answer means), `retire` (confirm, move to `shipped/`).
 //! - `outbox` names the files of the state machine; `tree` walks an episode
 //!   by descriptor and fingerprints it; `pack` turns it into a tar.zst while
 //!   hashing; `progress` draws a live line on a terminal.
@@ -24,6 +25,7 @@ pub mod retention;
 pub mod retire;
 pub mod state;
 pub mod status;
+pub mod stream;
 pub mod tidy;
 pub mod tree;
 pub mod upload;

@@ -20,6 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::hashing::{self, from_hex32};
+use crate::protocol;
 use crate::shipper::tree::Fingerprint;
 
 /// The three directories of one `data_dir`.
@@ -136,6 +137,10 @@ pub struct Record {
     /// In `receipts/` only: when the episode was retired, seconds
     /// since the epoch.
     pub shipped: Option<u64>,
+    /// The `Upload-Key` a streamed upload of this tarball named its
+    /// partial with on the receiver (32 hex digits): a retry resumes that
+    /// partial (docs/transport.md, "Upload while packing").
+    pub key: Option<String>,
 }
 
 impl Record {
@@ -148,17 +153,23 @@ impl Record {
         if let Some(when) = self.shipped {
             s.push_str(&format!("shipped {when}\n"));
         }
+        if let Some(key) = &self.key {
+            s.push_str(&format!("key {key}\n"));
+        }
         s
     }
 
     pub fn parse(text: &str) -> Option<Record> {
         let mut lines = text.lines();
         let sha256 = from_hex32(lines.next()?.split_whitespace().next()?)?;
-        let (mut tree, mut shipped) = (None, None);
+        let (mut tree, mut shipped, mut key) = (None, None, None);
         for line in lines {
             match line.split_once(' ') {
                 Some(("tree", _)) if tree.is_none() => tree = Some(Fingerprint::from_line(line)?),
                 Some(("shipped", t)) if shipped.is_none() => shipped = Some(t.parse().ok()?),
+                Some(("key", k)) if key.is_none() && protocol::resumable::is_upload_key(k) => {
+                    key = Some(k.to_owned())
+                }
                 _ => return None,
             }
         }
@@ -166,6 +177,7 @@ impl Record {
             sha256,
             tree,
             shipped,
+            key,
         })
     }
 
@@ -214,6 +226,7 @@ mod tests {
             sha256: [7; 32],
             tree: Some(tree),
             shipped: None,
+            key: None,
         };
         let text = r.to_text("ep");
         assert!(text.starts_with(&format!("{}  ep.tar.zst\n", hashing::to_hex(&[7; 32]))));
@@ -229,11 +242,20 @@ mod tests {
         };
         assert!(shipped.to_text("ep").ends_with("shipped 1795842000\n"));
         assert_eq!(Record::parse(&shipped.to_text("ep")), Some(shipped));
+        let keyed = Record {
+            key: Some("0123456789abcdef0123456789abcdef".into()),
+            ..r.clone()
+        };
+        assert!(keyed
+            .to_text("ep")
+            .ends_with("key 0123456789abcdef0123456789abcdef\n"));
+        assert_eq!(Record::parse(&keyed.to_text("ep")), Some(keyed));
         for bad in [
             "",
             "zz  ep.tar.zst\n",
             &format!("{text}extra\n"),
             "00\ntree\n",
+            &format!("{text}key 0123\n"),
         ] {
             assert_eq!(Record::parse(bad), None, "{bad:?}");
         }

@@ -1,9 +1,10 @@
-//! Packing: one episode directory streamed to `tar → zstd → sha256 → File`
-//! in a single pass, never reading the output back.
+//! Packing: one episode directory streamed to `tar → zstd → sha256 → out`
+//! in a single pass, never reading the output back (`out` is the outbox
+//! file, or that file and the body of an upload: `prepare`'s business).
 //!
 //! ```text
 //!  episode dir ──tree::walk (sorted, by descriptor)──▶ tar::Builder ─▶ CountingWriter (raw bytes)
-//!      ─▶ zstd::Encoder (checksum, optional workers) ─▶ HashingWriter (sha256) ─▶ File
+//!      ─▶ zstd::Encoder (checksum, optional workers) ─▶ HashingWriter (sha256) ─▶ out
 //! ```
 //!
 //! This module owns the archive format: which entries go in (regular files,
@@ -23,7 +24,6 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -217,8 +217,8 @@ impl std::error::Error for PackError {
     }
 }
 
-type Output =
-    tar::Builder<CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<File>>>>;
+type Output<W> =
+    tar::Builder<CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>>;
 
 /// Streams `episode_dir` into `out` as a zstd-compressed tar with every entry
 /// under `<episode_id>/`, and returns `out` with what was written.
@@ -227,13 +227,13 @@ type Output =
 /// step's error is returned; the caller still has to `sync_all` and rename.
 /// `progress` gets the cumulative raw tar bytes, about every MiB and once at
 /// the end. On error the output is incomplete: delete it.
-pub fn pack_episode(
+pub fn pack_episode<W: Write>(
     episode_dir: &Path,
     episode_id: &str,
-    out: File,
+    out: W,
     opts: &PackOptions,
     progress: &mut dyn FnMut(u64),
-) -> Result<(File, Packed), PackError> {
+) -> Result<(W, Packed), PackError> {
     if !is_plain_component(episode_id) {
         return Err(PackError::BadEpisodeId {
             id: episode_id.to_string(),
@@ -317,15 +317,15 @@ fn is_plain_component(id: &str) -> bool {
     !id.is_empty() && id != "." && id != ".." && !id.contains(['/', '\0'])
 }
 
-struct Packer<'p> {
-    builder: Output,
+struct Packer<'p, W: Write> {
+    builder: Output<W>,
     buf: Vec<u8>,
     warnings: Vec<String>,
     progress: &'p mut dyn FnMut(u64),
     next_report: u64,
 }
 
-impl Packer<'_> {
+impl<W: Write> Packer<'_, W> {
     /// Appends one entry the walk reached (directories are opened and
     /// descended into by the walk itself).
     fn append(&mut self, e: &Entry<'_>) -> Result<(), PackError> {
@@ -568,6 +568,7 @@ impl<R: Read> Read for ExactReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     use std::collections::BTreeMap;
     use std::ffi::OsStr;

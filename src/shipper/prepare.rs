@@ -7,16 +7,17 @@
 //!                                                                      no  -> delete, pack
 //!                              record without a tree (older version)       -> reuse
 //!                              no readable record -> hash once, write one  -> reuse
-//! pack: .partial (create_new) -> pack_episode -> fsync -> record (tmp, fsync, rename)
-//!       -> rename to .tar.zst -> fsync(outbox/)
+//! pack: .partial (create_new) -> pack_episode (-> also the upload's body, streaming)
+//!   keep:    fsync -> record (tmp, fsync, rename) -> rename to .tar.zst -> fsync(outbox/)
+//!   discard: unlink .partial, never synced          (streamed, and the receiver has it)
 //! ```
 //! This module owns those steps and their crash points (`pack.*`) and
 //! classifies a failed pack (retry or a human). It does not upload, retire
-//! or log outcomes: `queue` does.
+//! or log outcomes: `upload`, `stream` and `queue` do.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -127,9 +128,10 @@ impl std::error::Error for PrepError {
     }
 }
 
-/// The tarball for `id`: the one in outbox/ if a pass already made it and
-/// the episode is still the tree it was made from, else packed now.
-pub fn prepare(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError> {
+/// The tarball in outbox/ for `id`, if a pass already made it and the
+/// episode is still the tree it was made from; else `None` (and a stale
+/// one is deleted): pack it.
+pub fn existing(dirs: &Dirs, id: &str) -> Result<Option<Tarball>, PrepError> {
     let path = dirs.tarball(id);
     let sidecar = dirs.sidecar(id);
     if let Ok(meta) = fs::metadata(&path) {
@@ -142,12 +144,12 @@ pub fn prepare(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, Pre
                 Some(t) => still_packed_tree(dirs, id, t),
             };
             if current {
-                return Ok(Tarball {
+                return Ok(Some(Tarball {
                     path,
                     record,
                     size: meta.len(),
                     packed: None,
-                });
+                }));
             }
             warn!(
                 "{id}: changed since {} was packed; repacking",
@@ -164,18 +166,19 @@ pub fn prepare(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, Pre
                 sha256,
                 tree: None,
                 shipped: None,
+                key: None,
             };
             write_durably(&sidecar, record.to_text(id).as_bytes())
                 .map_err(PrepError::io("writing", &sidecar))?;
-            return Ok(Tarball {
+            return Ok(Some(Tarball {
                 path,
                 record,
                 size,
                 packed: None,
-            });
+            }));
         }
     }
-    pack(dirs, opts, id)
+    Ok(None)
 }
 
 /// Whether `episodes/<id>` is still the tree `t` (an unreadable tree is
@@ -184,12 +187,37 @@ pub fn still_packed_tree(dirs: &Dirs, id: &str, t: &tree::Fingerprint) -> bool {
     tree::fingerprint(&dirs.episode(id), id).is_ok_and(|now| now == *t)
 }
 
-fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError> {
+/// Packs `id` into a durable outbox tarball.
+pub fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError> {
+    pack_into(dirs, opts, id, None, None)?.keep(dirs, id)
+}
+
+/// A tarball just packed into `outbox/<id>.tar.zst.partial`, not durable
+/// yet: [`Fresh::keep`] makes it the outbox tarball, [`Fresh::discard`]
+/// deletes it (the receiver already holds it).
+pub struct Fresh {
+    file: File,
+    partial: PathBuf,
+    record: Record,
+    size: u64,
+    raw: u64,
+    secs: f64,
+}
+
+/// Packs `episodes/<id>` into `outbox/<id>.tar.zst.partial`; with `also`,
+/// every compressed byte is written there too, as it is made (the body of
+/// a streamed upload), and `key` (its `Upload-Key`) goes into the record.
+/// A failure leaves no `.partial` behind.
+pub fn pack_into(
+    dirs: &Dirs,
+    opts: &PackOptions,
+    id: &str,
+    also: Option<&mut dyn Write>,
+    key: Option<String>,
+) -> Result<Fresh, PrepError> {
     fault::point("pack.start");
     let dir = dirs.episode(id);
     let partial = dirs.partial(id);
-    let final_path = dirs.tarball(id);
-    let sidecar = dirs.sidecar(id);
     remove_if_exists(&partial).map_err(PrepError::io("removing", &partial))?;
     let file = OpenOptions::new()
         .write(true)
@@ -197,7 +225,12 @@ fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError>
         .open(&partial)
         .map_err(PrepError::io("creating", &partial))?;
     let started = Instant::now();
-    let mut progress = Progress::new(&format!("{id}: packing"), None);
+    let label = if also.is_some() {
+        format!("{id}: packing and uploading")
+    } else {
+        format!("{id}: packing")
+    };
+    let mut progress = Progress::new(&label, None);
     if progress.enabled() {
         // Only for the ETA on a terminal: a metadata-only walk, no data read.
         if let Ok(t) = tree::fingerprint(&dir, id) {
@@ -205,7 +238,8 @@ fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError>
         }
     }
     let mut mid_hit = false;
-    let result = pack::pack_episode(&dir, id, file, opts, &mut |raw| {
+    let out = Tee { file, also };
+    let result = pack::pack_episode(&dir, id, out, opts, &mut |raw| {
         progress.update(raw);
         if !mid_hit && raw > 0 {
             mid_hit = true;
@@ -213,39 +247,99 @@ fn pack(dirs: &Dirs, opts: &PackOptions, id: &str) -> Result<Tarball, PrepError>
         }
     });
     progress.finish();
-    // Every failure below leaves no .partial behind.
-    let cleanup = |e: PrepError| {
+    let (out, packed) = result.map_err(|source| {
         let _ = remove_if_exists(&partial);
-        e
-    };
-    let (file, packed) = result.map_err(|source| cleanup(failed(dirs, id, source)))?;
+        failed(dirs, id, source)
+    })?;
     for w in &packed.warnings {
         warn!("{id}: {w}");
     }
-    fsutil::sync_file(&file).map_err(|e| cleanup(PrepError::io("syncing", &partial)(e)))?;
-    drop(file);
-    fault::point("pack.after_fsync");
-    let record = Record {
-        sha256: packed.sha256,
-        tree: Some(packed.tree),
-        shipped: None,
-    };
-    write_durably(&sidecar, record.to_text(id).as_bytes())
-        .map_err(|e| cleanup(PrepError::io("writing", &sidecar)(e)))?;
-    fault::point("pack.after_sidecar");
-    fs::rename(&partial, &final_path)
-        .map_err(|e| cleanup(PrepError::io("renaming", &partial)(e)))?;
-    fault::point("pack.after_rename");
     // The count of unstable passes ends with a pack that held still.
     let _ = remove_if_exists(&dirs.unstable(id));
-    sync_dir(&dirs.outbox).map_err(PrepError::io("syncing", &dirs.outbox))?;
-    fault::point("pack.after_dirfsync");
-    Ok(Tarball {
-        path: final_path,
-        record,
+    Ok(Fresh {
+        file: out.file,
+        partial,
+        record: Record {
+            sha256: packed.sha256,
+            tree: Some(packed.tree),
+            shipped: None,
+            key,
+        },
         size: packed.compressed_bytes,
-        packed: Some((packed.raw_bytes, started.elapsed().as_secs_f64())),
+        raw: packed.raw_bytes,
+        secs: started.elapsed().as_secs_f64(),
     })
+}
+
+impl Fresh {
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// fsync, record, rename, fsync(outbox/): the tarball survives a crash
+    /// and the next pass reuses it. A failure leaves no `.partial` behind.
+    pub fn keep(self, dirs: &Dirs, id: &str) -> Result<Tarball, PrepError> {
+        let final_path = dirs.tarball(id);
+        let sidecar = dirs.sidecar(id);
+        let partial = &self.partial;
+        let cleanup = |e: PrepError| {
+            let _ = remove_if_exists(partial);
+            e
+        };
+        fsutil::sync_file(&self.file).map_err(|e| cleanup(PrepError::io("syncing", partial)(e)))?;
+        fault::point("pack.after_fsync");
+        write_durably(&sidecar, self.record.to_text(id).as_bytes())
+            .map_err(|e| cleanup(PrepError::io("writing", &sidecar)(e)))?;
+        fault::point("pack.after_sidecar");
+        fs::rename(partial, &final_path)
+            .map_err(|e| cleanup(PrepError::io("renaming", partial)(e)))?;
+        fault::point("pack.after_rename");
+        sync_dir(&dirs.outbox).map_err(PrepError::io("syncing", &dirs.outbox))?;
+        fault::point("pack.after_dirfsync");
+        Ok(Tarball {
+            path: final_path,
+            record: self.record,
+            size: self.size,
+            packed: Some((self.raw, self.secs)),
+        })
+    }
+
+    /// The receiver holds these bytes durably: the local copy goes without
+    /// ever being synced (a crash before the receipt packs again, and the
+    /// receiver answers that digest with 200).
+    pub fn discard(self, dirs: &Dirs, id: &str) -> Tarball {
+        drop(self.file);
+        let _ = remove_if_exists(&self.partial);
+        Tarball {
+            path: dirs.tarball(id),
+            record: self.record,
+            size: self.size,
+            packed: Some((self.raw, self.secs)),
+        }
+    }
+}
+
+/// Packing's output: the `.partial` file and, when streaming, the body of
+/// the upload. The file comes first: it is what a retry resumes from, and
+/// its errors (disk full) fail the pack; the body swallows its own
+/// (`ChunkedBody`).
+struct Tee<'a> {
+    file: File,
+    also: Option<&'a mut dyn Write>,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        if let Some(w) = &mut self.also {
+            w.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// A failed pack as a `PrepError`: an episode that changed while packed

@@ -27,8 +27,9 @@ use crate::shipper::retention;
 use crate::shipper::retire::{self, RetireError};
 use crate::shipper::state::{self, LastPass, State};
 use crate::shipper::status;
+use crate::shipper::stream;
 use crate::shipper::tidy::tidy;
-use crate::shipper::upload::{self, Sent};
+use crate::shipper::upload::{self, Attempt, Sent};
 use crate::shipper::verdict::{self, Stop, Verdict};
 use crate::{error, exit, ids, info, timefmt, warn};
 
@@ -407,8 +408,22 @@ impl Pass<'_> {
         if !self.retire_from_receipt(id) {
             return;
         }
-        let tarball = match prepare::prepare(&self.dirs, &self.opts, id) {
-            Ok(t) => t,
+        let shipped = match prepare::existing(&self.dirs, id) {
+            Ok(Some(t)) => {
+                let sent = upload::upload(&mut self.session, self.cfg, id, &t, Attempt::Again);
+                Ok((t, sent))
+            }
+            Ok(None) if self.cfg.upload_while_packing => {
+                stream::stream(&mut self.session, self.cfg, &self.dirs, &self.opts, id)
+            }
+            Ok(None) => prepare::pack(&self.dirs, &self.opts, id).map(|t| {
+                let sent = upload::upload(&mut self.session, self.cfg, id, &t, Attempt::First);
+                (t, sent)
+            }),
+            Err(e) => Err(e),
+        };
+        let (tarball, sent) = match shipped {
+            Ok(x) => x,
             Err(e) if e.needs_human() => {
                 error!("{id}: {e}; keeping it, will try again next pass");
                 self.summary.rejected += 1;
@@ -420,7 +435,7 @@ impl Pass<'_> {
                 return;
             }
         };
-        match upload::upload(&mut self.session, self.cfg, id, &tarball) {
+        match sent {
             Ok(sent) => {
                 self.summary.bytes_sent += sent.bytes;
                 let v = verdict::verdict(sent.resp.status, sent.resp.reply.as_ref());
@@ -504,6 +519,13 @@ impl Pass<'_> {
                     return;
                 }
                 let sizes = match t.packed {
+                    // Packed and sent at once: one time for both.
+                    Some((raw, _)) if sent.streamed => format!(
+                        "{:.1} MB raw -> {:.1} MB ({:.0}%), packed and",
+                        raw as f64 / 1e6,
+                        t.size as f64 / 1e6,
+                        t.size as f64 * 100.0 / raw.max(1) as f64
+                    ),
                     Some((raw, pack_secs)) => format!(
                         "{:.1} MB raw -> {:.1} MB ({:.0}%), packed in {pack_secs:.1}s,",
                         raw as f64 / 1e6,

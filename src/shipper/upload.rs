@@ -1,10 +1,12 @@
-//! One upload exchange: a `PUT` of the whole tarball, or, for a tarball
-//! that was already waiting in `outbox/` (its first attempt is a retry), a
-//! `HEAD` to learn where the receiver's copy stopped and a `PATCH` of only
-//! the rest (docs/transport.md, "Resumable uploads").
+//! One upload exchange of a tarball in `outbox/`: a `PUT` of the whole
+//! tarball, or, for one that was sent before (a tarball already waiting in
+//! `outbox/`), a `HEAD` to learn where the receiver's copy stopped and a
+//! `PATCH` of only the rest (docs/transport.md, "Resumable uploads"), with
+//! the `Upload-Key` of a streamed upload when the record has one. Sending
+//! while packing is `stream`'s.
 //!
 //! ```text
-//! packed in this pass?  yes -> PUT (whole)
+//! Attempt::First?       yes -> PUT (whole)
 //! no -> HEAD (Repr-Digest)  200 ?1  -> present (nothing sent)
 //!                           409     -> conflict (theirs in Repr-Digest)
 //!                           204 N   -> N = 0: PUT;  0 < N: PATCH N.. (?1)
@@ -33,6 +35,8 @@ pub struct Sent {
     /// Where the upload resumed, if it did.
     pub resumed_from: Option<u64>,
     pub secs: f64,
+    /// Sent while it was packed: `secs` covers both.
+    pub streamed: bool,
 }
 
 /// `12.3 of 20.1 GB` style sizes.
@@ -44,23 +48,44 @@ fn size(b: u64) -> String {
     }
 }
 
+/// Whether the receiver may hold some of this tarball already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Packed just now and never sent: `PUT` it.
+    First,
+    /// Sent before (a tarball found in `outbox/`, or a streamed upload the
+    /// receiver kept without a digest): ask first (`HEAD`).
+    Again,
+}
+
 pub fn upload(
     session: &mut Session<'_>,
     cfg: &ShipperConfig,
     id: &str,
     t: &Tarball,
+    attempt: Attempt,
 ) -> Result<Sent, ClientError> {
     let started = Instant::now();
     let auth = format!("Bearer {}", cfg.token.expose());
     let digest = protocol::content_digest(&t.record.sha256);
     let target = protocol::episode_path(&cfg.host_id, id);
+    // A streamed upload's partial is named by its key (its digest was not
+    // known when it began).
+    let keyed: Vec<(&str, &str)> = t
+        .record
+        .key
+        .as_deref()
+        .map(|k| (resumable::UPLOAD_KEY, k))
+        .into_iter()
+        .collect();
     let mut from = 0;
-    if t.packed.is_none() {
-        let head = session.head(
-            id,
-            &target,
-            &[("Authorization", &auth), (resumable::REPR_DIGEST, &digest)],
-        )?;
+    if attempt == Attempt::Again {
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            (resumable::REPR_DIGEST, &digest),
+        ];
+        headers.extend(&keyed);
+        let head = session.head(id, &target, &headers)?;
         match head.status {
             204 => {
                 from = head
@@ -81,6 +106,7 @@ pub fn upload(
                     bytes: 0,
                     resumed_from: None,
                     secs: started.elapsed().as_secs_f64(),
+                    streamed: false,
                 })
             }
         }
@@ -126,17 +152,19 @@ pub fn upload(
                 },
             )
         } else {
+            let mut headers = vec![
+                ("Authorization", auth.as_str()),
+                ("Content-Type", resumable::PARTIAL_UPLOAD),
+                (resumable::REPR_DIGEST, &digest),
+                (resumable::UPLOAD_OFFSET, &offset),
+                (resumable::UPLOAD_COMPLETE, resumable::complete(true)),
+            ];
+            headers.extend(&keyed);
             session.send_file(
                 id,
                 "PATCH",
                 &target,
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", resumable::PARTIAL_UPLOAD),
-                    (resumable::REPR_DIGEST, &digest),
-                    (resumable::UPLOAD_OFFSET, &offset),
-                    (resumable::UPLOAD_COMPLETE, resumable::complete(true)),
-                ],
+                &headers,
                 &t.path,
                 (from, t.size),
                 &mut |n| {
@@ -170,6 +198,7 @@ pub fn upload(
         bytes,
         resumed_from,
         secs: started.elapsed().as_secs_f64(),
+        streamed: false,
     })
 }
 

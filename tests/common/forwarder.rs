@@ -18,9 +18,11 @@ pub enum Fault {
     /// Close both sides once this many bytes came from the client (summed
     /// over every connection since the fault was set).
     CutAfter(u64),
-    /// Forward the client's bytes at about this many bytes per second (per
-    /// connection): a slow link.
-    Rate(u64),
+    /// Forward this many bytes from the client, then nothing more either
+    /// way, holding both connections open (a link that went silent), until
+    /// the fault is changed: then close them (the link is back and the
+    /// peers learn the connection is gone).
+    StallAfter(u64),
 }
 
 #[allow(dead_code)]
@@ -102,18 +104,14 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
             Ok(n) => n,
         };
         let mut n = n;
-        let mut cut = false;
+        let mut cut = None;
         if let Some((up, fault)) = &counted {
             let (f, base) = *fault.lock().unwrap();
-            if let Fault::Rate(per_s) = f {
-                // A pace, not a synchronisation: the link is this slow.
-                std::thread::sleep(Duration::from_secs_f64(n as f64 / per_s.max(1) as f64));
-            }
-            if let Fault::CutAfter(limit) = f {
+            if let Fault::CutAfter(limit) | Fault::StallAfter(limit) = f {
                 let so_far = up.load(Ordering::SeqCst) - base;
                 if so_far + n as u64 >= limit {
                     n = limit.saturating_sub(so_far) as usize;
-                    cut = true;
+                    cut = Some(f);
                 }
             }
             up.fetch_add(n as u64, Ordering::SeqCst);
@@ -121,7 +119,14 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        if cut {
+        if let Some(f) = cut {
+            if let (Fault::StallAfter(_), Some((_, fault))) = (f, &counted) {
+                // Silent: the client's writes fill the socket buffers
+                // and block; the server hears nothing more.
+                while matches!(fault.lock().unwrap().0, Fault::StallAfter(_)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             break;
         }
     }

@@ -9,10 +9,10 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 
 use super::episodes::make_episode;
-use super::fs::names;
+use super::fs::{extract, names, snapshot, Mtimes};
 use super::*;
 
 #[allow(dead_code)]
@@ -200,15 +200,7 @@ impl Lab {
     /// A `--once` pass left running, its output piped.
     #[allow(dead_code)]
     pub fn spawn_once(&self) -> Child {
-        Command::new(SHIPPER)
-            .arg("--config")
-            .arg(&self.cfg.config)
-            .arg("--once")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cis490-shipper")
+        spawn_shipper(&self.cfg.config, &["--once"])
     }
 
     /// `--ping` as lab-01 with this certificate (or none) and token: the
@@ -252,5 +244,61 @@ impl Lab {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         self.logged(" PUT /v1/episodes/")
+    }
+
+    /// An episode of `bytes` random (incompressible) bytes in one file, so
+    /// its tarball is about that size.
+    #[allow(dead_code)]
+    pub fn incompressible(&self, id: &str, bytes: usize, seed: u64) {
+        let ep = self.data(&format!("episodes/{id}"));
+        std::fs::create_dir_all(&ep).unwrap();
+        let mut x = seed | 1;
+        let mut data = vec![0u8; bytes];
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        std::fs::write(ep.join("frames.bin"), data).unwrap();
+        std::fs::write(ep.join("done.marker"), b"").unwrap();
+    }
+
+    /// The shipper's config pointed at `url` (a forwarder) instead of the
+    /// receiver, as another file.
+    #[allow(dead_code)]
+    pub fn through(&self, name: &str, url: &str) -> PathBuf {
+        let port = self.receiver().https.unwrap().port();
+        self.variant(
+            name,
+            &format!("https://localhost:{port}\""),
+            &format!("{url}\""),
+        )
+    }
+
+    /// Packs without uploading (the receiver's port is closed for this
+    /// pass): `outbox/<id>.tar.zst`'s size.
+    #[allow(dead_code)]
+    pub fn pack_only(&self, id: &str) -> u64 {
+        let port = self.receiver().https.unwrap().port();
+        let dead = self.variant("dead", &format!(":{port}\""), &format!(":{}\"", port + 1));
+        assert_exit(&shipper(&dead, &["--once"]), 75);
+        std::fs::metadata(self.data(&format!("outbox/{id}.tar.zst")))
+            .unwrap()
+            .len()
+    }
+
+    /// The stored tarball, extracted with GNU tar and the zstd CLI, is the
+    /// episode now in shipped/.
+    #[allow(dead_code)]
+    pub fn assert_stored_is_shipped(&self, id: &str) {
+        let x = self.dir.join(&format!("extract-{id}"));
+        extract(&self.stored(id), &x);
+        assert_eq!(
+            snapshot(&x.join(id), Mtimes::Seconds),
+            snapshot(&self.data(&format!("shipped/{id}")), Mtimes::Seconds),
+            "{id}: the stored tarball is not the episode"
+        );
     }
 }

@@ -556,6 +556,20 @@ pub fn shipper_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output
     cmd.output().expect("run cis490-shipper")
 }
 
+/// The shipper left running, its output piped.
+#[allow(dead_code)]
+pub fn spawn_shipper(config: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(SHIPPER)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cis490-shipper")
+}
+
 #[allow(dead_code)]
 pub fn describe(out: &Output) -> String {
     format!(

@@ -214,6 +214,134 @@ pub struct Body<'a> {
     pub len: u64,
 }
 
+/// How a request's body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// Room before a chunk's data for its size line: 16 hex digits and CRLF.
+const CHUNK_HEADROOM: usize = 18;
+/// A chunk goes out once this much is buffered (zstd writes up to about
+/// 128 KiB at a time; fewer, larger chunks mean fewer TLS records).
+const CHUNK_MIN: usize = 64 * 1024;
+
+/// A request body written as it is produced: `Transfer-Encoding: chunked`,
+/// paced to `max_upload_rate`. Each chunk is framed in place (the size
+/// line goes into the headroom before the data) and written with one call,
+/// so a chunk is one run of TLS records, not three.
+///
+/// A failed write does not fail the writer: the body's producer (packing)
+/// also writes a file, which must be finished whatever the link does, so
+/// the error is kept for [`ChunkedBody::finish`] and later writes are
+/// dropped.
+pub struct ChunkedBody<'c> {
+    conn: &'c mut Connection,
+    /// `CHUNK_HEADROOM` bytes, then the data not sent yet.
+    buf: Vec<u8>,
+    pace: Option<Pace>,
+    sent: u64,
+    broken: Option<ClientError>,
+}
+
+impl Write for ChunkedBody<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.broken.is_none() {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() - CHUNK_HEADROOM >= CHUNK_MIN {
+                self.emit();
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Chunks go out as they fill; the rest with `finish`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ChunkedBody<'_> {
+    /// Body bytes (chunk data, not framing) sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Whether a write failed (the rest of the body is being dropped).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    fn emit(&mut self) {
+        let n = self.buf.len() - CHUNK_HEADROOM;
+        if n == 0 || self.broken.is_some() {
+            return;
+        }
+        let size = format!("{n:x}\r\n");
+        let start = CHUNK_HEADROOM - size.len();
+        self.buf[start..CHUNK_HEADROOM].copy_from_slice(size.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+        if let Some(p) = &mut self.pace {
+            p.wait(n);
+        }
+        match self.conn.tls.write_all(&self.buf[start..]) {
+            Ok(()) => {
+                if self.sent == 0 {
+                    // Some of the body is out, its end is not.
+                    fault::point("stream.mid_body");
+                }
+                self.sent += n as u64;
+            }
+            Err(e) => {
+                self.conn.reusable = false;
+                self.broken = Some(classify(e, Stage::Send, false));
+            }
+        }
+        self.buf.truncate(CHUNK_HEADROOM);
+    }
+
+    /// Sends what is buffered, the last chunk and `trailer`, and reads the
+    /// final answer; with the body bytes sent. After a failed write: the
+    /// answer the receiver sent before it closed, if any, else that
+    /// failure.
+    pub fn finish(mut self, trailer: &[(&str, &str)]) -> (Result<Response, ClientError>, u64) {
+        self.emit();
+        let sent = self.sent;
+        (self.end(trailer), sent)
+    }
+
+    fn end(&mut self, trailer: &[(&str, &str)]) -> Result<Response, ClientError> {
+        if let Some(e) = self.broken.take() {
+            return self.conn.answer_after_failed_send().ok_or(e);
+        }
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailer {
+            end.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        end.extend_from_slice(b"\r\n");
+        if let Err(e) = self
+            .conn
+            .tls
+            .write_all(&end)
+            .and_then(|()| self.conn.tls.flush())
+        {
+            self.conn.reusable = false;
+            let e = classify(e, Stage::Send, false);
+            return self.conn.answer_after_failed_send().ok_or(e);
+        }
+        fault::point("stream.after_trailer");
+        self.conn.read_final_after_body()
+    }
+
+    /// Gives the body up without its last chunk, so the receiver never
+    /// takes it for a whole one: the connection is shut down at once.
+    pub fn abandon(self) {
+        self.conn.reusable = false;
+        let _ = self.conn.tls.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 pub struct Connection {
     tls: StreamOwned<ClientConnection, TcpStream>,
     /// A write failed: read what the peer sent without writing (see `Incoming`).
@@ -257,45 +385,13 @@ impl Connection {
         body: Option<Body<'_>>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Response, ClientError> {
-        self.requests += 1;
-        self.answers_head = method == "HEAD";
-        let len;
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        if let Some(b) = &body {
-            len = b.len.to_string();
-            all.push(("Content-Length", &len));
-            all.push(("Expect", "100-continue"));
-        }
-        let head = http::write_request_head(method, target, host, &all);
-        self.tls
-            .write_all(&head)
-            .and_then(|()| self.tls.flush())
-            .map_err(|e| classify(e, Stage::Send, true))?;
-        fault::point("up.after_head");
+        let framing = body.as_ref().map(|b| Framing::Length(b.len));
+        self.send_head(method, target, host, headers, framing)?;
         let Some(body) = body else {
             return self.read_final();
         };
-        // Wait briefly for 100 Continue or an early final answer.
-        let sock = self
-            .tls
-            .sock
-            .try_clone()
-            .map_err(|e| classify(e, Stage::Send, true))?;
-        sock.set_read_timeout(Some(CONTINUE_WAIT))
-            .map_err(|e| classify(e, Stage::Send, true))?;
-        let early = self.read_response();
-        sock.set_read_timeout(self.tls.sock.write_timeout().ok().flatten())
-            .map_err(|e| classify(e, Stage::Send, true))?;
-        match early {
-            Ok(r) if r.status == 100 => {}
-            Ok(r) if r.status < 200 => {} // other interim answers: ignore
-            Ok(r) => {
-                // Final answer before the body: the receiver closes after it.
-                self.reusable = false;
-                return Ok(r);
-            }
-            Err(ClientError::Timeout { .. }) => {} // no interim answer: send anyway
-            Err(e) => return Err(e),
+        if let Some(early) = self.await_continue()? {
+            return Ok(early);
         }
         if let Err(e) = self.send_body(body, progress) {
             return match e {
@@ -308,9 +404,100 @@ impl Connection {
                 e => Err(e),
             };
         }
-        // Once the body went out, a dead connection is no stale keep-alive:
-        // the receiver died while handling this request (the next pass
-        // repeats it; no blind retry here).
+        self.read_final_after_body()
+    }
+
+    /// Sends the head of a request whose body is streamed as it is made
+    /// (`Transfer-Encoding: chunked`), and waits for `100 Continue`.
+    /// `Ok(Some(answer))`: the receiver answered before the body (the
+    /// connection closes after it); `Ok(None)`: write the body into
+    /// [`Connection::chunked_body`].
+    pub fn start_chunked(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Response>, ClientError> {
+        self.send_head(method, target, host, headers, Some(Framing::Chunked))?;
+        self.await_continue()
+    }
+
+    /// The body of the request [`Connection::start_chunked`] began.
+    pub fn chunked_body(&mut self) -> ChunkedBody<'_> {
+        let pace = self.upload_rate.map(|r| Pace::new(r, Instant::now()));
+        let mut buf = Vec::with_capacity(CHUNK_HEADROOM + crate::IO_CHUNK + 2);
+        buf.resize(CHUNK_HEADROOM, 0);
+        ChunkedBody {
+            conn: self,
+            buf,
+            pace,
+            sent: 0,
+            broken: None,
+        }
+    }
+
+    fn send_head(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        framing: Option<Framing>,
+    ) -> Result<(), ClientError> {
+        self.requests += 1;
+        self.answers_head = method == "HEAD";
+        let len;
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        match framing {
+            None => {}
+            Some(Framing::Length(n)) => {
+                len = n.to_string();
+                all.push(("Content-Length", &len));
+                all.push(("Expect", "100-continue"));
+            }
+            Some(Framing::Chunked) => {
+                all.push(("Transfer-Encoding", "chunked"));
+                all.push(("Expect", "100-continue"));
+            }
+        }
+        let head = http::write_request_head(method, target, host, &all);
+        self.tls
+            .write_all(&head)
+            .and_then(|()| self.tls.flush())
+            .map_err(|e| classify(e, Stage::Send, true))?;
+        fault::point("up.after_head");
+        Ok(())
+    }
+
+    /// Waits briefly for `100 Continue` or an early final answer (then
+    /// returned: the receiver closes after it, and no body is sent).
+    fn await_continue(&mut self) -> Result<Option<Response>, ClientError> {
+        let sock = self
+            .tls
+            .sock
+            .try_clone()
+            .map_err(|e| classify(e, Stage::Send, true))?;
+        sock.set_read_timeout(Some(CONTINUE_WAIT))
+            .map_err(|e| classify(e, Stage::Send, true))?;
+        let early = self.read_response();
+        sock.set_read_timeout(self.tls.sock.write_timeout().ok().flatten())
+            .map_err(|e| classify(e, Stage::Send, true))?;
+        match early {
+            Ok(r) if r.status < 200 => Ok(None), // 100, or another interim answer
+            Ok(r) => {
+                self.reusable = false;
+                Ok(Some(r))
+            }
+            Err(ClientError::Timeout { .. }) => Ok(None), // no interim answer: send anyway
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The final answer once the whole body went out. A dead connection
+    /// then is no stale keep-alive: the receiver died while handling this
+    /// request (the next pass repeats it; no blind retry here).
+    fn read_final_after_body(&mut self) -> Result<Response, ClientError> {
         self.read_final().map_err(|e| match e {
             ClientError::Io { stage, source, .. } => ClientError::Io {
                 stage,

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use super::{Body, ClientError, Connection, Endpoint, Response};
+use super::{Body, ChunkedBody, ClientError, Connection, Endpoint, Response};
 use crate::{fault, info};
 
 pub struct Session<'a> {
@@ -75,6 +75,52 @@ impl<'a> Session<'a> {
             Some((path, from, len)),
             progress,
         )
+    }
+
+    /// Starts a request whose body follows as it is made (chunked): the
+    /// head, then up to 1 s for `100 Continue`. `Some(answer)`: the
+    /// receiver answered instead, and no body goes; `None`: write the body
+    /// into [`Session::stream_body`]. A kept-alive connection the receiver
+    /// had closed is retried once on a new one, as for [`Session::send_file`].
+    pub fn start_stream(
+        &mut self,
+        label: &str,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Response>, ClientError> {
+        let mut retried = false;
+        loop {
+            let reused = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.is_reusable() && c.requests() > 0);
+            let authority = self.ep.url.authority();
+            let conn = self.connection()?;
+            match conn.start_chunked(method, target, &authority, headers) {
+                Ok(r) => return Ok(r),
+                Err(e) if reused && !retried && e.is_stale_connection() => {
+                    info!("{label}: kept-alive connection was closed by the receiver; retrying on a new one");
+                    self.conn = None;
+                    retried = true;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The body of the request [`Session::start_stream`] began.
+    ///
+    /// # Panics
+    /// Without a `start_stream` that returned `Ok(None)` just before.
+    pub fn stream_body(&mut self) -> ChunkedBody<'_> {
+        self.conn
+            .as_mut()
+            .expect("start_stream opened the connection")
+            .chunked_body()
     }
 
     fn send(
