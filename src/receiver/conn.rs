@@ -728,7 +728,9 @@ impl Conn<'_> {
             }
         };
         let answer = match digest {
-            Some(d) => match pending.commit(&d) {
+            // Published exactly as a `PUT`'s partial is (to the object
+            // store too, with `102 Processing` meanwhile).
+            Some(d) => match pending.commit_with(&d, &mut processing(s, put.expect_continue)) {
                 Ok(outcome) => Answer::outcome(&outcome, &d),
                 Err(e) => failed(&e),
             },

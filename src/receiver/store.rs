@@ -45,7 +45,10 @@
 //! the verified file is published to the bucket (`s3::store`) instead of
 //! linked, and deleted; `lookup` asks the bucket. A failed publish keeps a
 //! partial, complete and verified, for the next attempt to publish without
-//! receiving its bytes again.
+//! receiving its bytes again. Every framing ends in the same
+//! `Pending::commit_with`: a `PUT`'s body of known length, a `PATCH`
+//! that completes a partial, and a streamed (chunked) `PUT`'s partial once
+//! its trailer's digest is verified.
 //!
 //! This module owns the files and their order of operations; it does not
 //! know HTTP (which answer a [`StoreError`] or [`Outcome`] earns is
