@@ -313,8 +313,9 @@ fn check_config(config: &Path) -> Output {
         .arg("--check-config"))
 }
 
-/// Two receivers, one bucket: episodes shipped through either are
-/// published once, byte for byte; a re-ship is 200; the same id with other
+/// Two receivers, one bucket, shippers uploading while packing (the
+/// default): episodes shipped through either are published once, byte for
+/// byte; a re-ship is 200; the same id with other
 /// bytes through both at the same moment is one 201 and one 409, for a
 /// single PUT and for a multipart upload; a body that does not match its
 /// digest, at the receiver or (changed on the spool's disk) at the store,
@@ -390,10 +391,17 @@ fn two_receivers_share_one_bucket_with_the_same_guarantees() {
         ("lab-01", "ep-big", source(&one, "ep-big")),
         ("lab-02", "ep-1", source(&two, "ep-1")),
     ];
-    for cfg in [&one, &two] {
+    for (cfg, eps) in [(&one, 2), (&two, 1)] {
         let out = once(cfg);
         assert_exit(&out, 0);
-        assert!(stderr(&out).contains("stored"), "{}", describe(&out));
+        // Uploaded while packing (the default): chunked PUTs, each spooled
+        // as a keyed partial and published once its trailer's digest was
+        // verified.
+        let streamed = stderr(&out)
+            .lines()
+            .filter(|l| l.contains(": stored: ") && l.contains("packed and uploaded in"))
+            .count();
+        assert_eq!(streamed, eps, "{}", describe(&out));
     }
     for (host, id, src) in &sources {
         rig.assert_round_trip(host, id, src);
@@ -573,12 +581,34 @@ fn two_receivers_share_one_bucket_with_the_same_guarantees() {
     );
 }
 
-/// A receiver SIGKILLed while it publishes (halfway through a data object
-/// or a part, or between the data and the name) leaves nothing visible
-/// under the episode's name; the shipper's next pass completes it, and the
-/// verified spool means no byte is received twice. The store stopped: 503,
-/// the shipper exits 75 and keeps everything; once it is back, everything
-/// ships.
+/// How the shipper sends an episode it packs in the pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `upload_while_packing = false`: a durable tarball, then one `PUT`
+    /// of known length.
+    PackFirst,
+    /// Upload while packing (the default): a chunked `PUT` with the
+    /// digest in its trailer, into the keyed partial its `Upload-Key`
+    /// names in the receiver's spool.
+    Stream,
+}
+
+impl Mode {
+    fn extra(self) -> &'static str {
+        match self {
+            Mode::PackFirst => "upload_while_packing = false\n",
+            Mode::Stream => "",
+        }
+    }
+}
+
+/// A receiver SIGKILLed while it receives or publishes an upload (mid-body
+/// or mid-stream, halfway through a data object or a part, or between the
+/// data and the name), for either way the shipper sends it, leaves nothing
+/// visible under the episode's name; the shipper's next pass completes it,
+/// and a verified spool means no byte is received twice. The store
+/// stopped: 503, the shipper exits 75 and keeps everything; once it is
+/// back, everything ships.
 #[test]
 fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
     let Some(rig) = Rig::start("s3-crash") else {
@@ -586,27 +616,38 @@ fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
     };
     let started = Instant::now();
     let mut a = rig.node("recv-a");
-    // The receiver's crash points that a publish to the store passes, in
-    // order (recv.after_publish and recv.after_dir_fsync are the local
-    // store's), the store's own for both ways of sending the bytes.
+    // The receiver's crash points that an upload into the store passes, in
+    // order, on each path (recv.after_publish and recv.after_dir_fsync are
+    // the local store's), the store's own for both ways of sending the
+    // bytes to it (one PUT; multipart above SINGLE_PUT). Each pass is one
+    // upload request per episode, so the first hit of each point is that
+    // episode's.
     let points = [
-        ("recv.after_head", 300_000),
-        ("recv.mid_body", 300_000),
-        ("recv.after_tmp_fsync", 300_000),
-        ("s3.mid_data", 300_000),
-        ("s3.mid_data", LARGE),
-        ("s3.after_data", LARGE),
-        ("s3.after_data", 300_000),
-        ("recv.before_response", 300_000),
+        (Mode::PackFirst, "recv.after_head", 300_000),
+        (Mode::PackFirst, "recv.mid_body", 300_000),
+        (Mode::PackFirst, "recv.after_tmp_fsync", 300_000),
+        (Mode::PackFirst, "s3.mid_data", 300_000),
+        (Mode::PackFirst, "s3.mid_data", LARGE),
+        (Mode::PackFirst, "s3.after_data", LARGE),
+        (Mode::PackFirst, "s3.after_data", 300_000),
+        (Mode::PackFirst, "recv.before_response", 300_000),
+        (Mode::Stream, "recv.after_head", 300_000),
+        // Killed once the first chunk is in the spool, the rest of a
+        // multipart-sized episode still being packed and sent.
+        (Mode::Stream, "recv.mid_chunked", LARGE),
+        (Mode::Stream, "recv.after_trailer", 300_000),
+        (Mode::Stream, "recv.after_tmp_fsync", LARGE),
+        (Mode::Stream, "s3.mid_data", 300_000),
+        (Mode::Stream, "s3.after_data", LARGE),
+        (Mode::Stream, "recv.before_response", 300_000),
     ];
-    // Packed, then uploaded: one upload request per episode, so the
-    // first hit of each point is that episode's.
-    const PACK_FIRST: &str = "upload_while_packing = false\n";
     let mut shipped = Vec::new();
-    for (n, (point, bytes)) in points.into_iter().enumerate() {
-        let id = format!("ep-{n}");
+    for (n, (mode, point, bytes)) in points.into_iter().enumerate() {
+        // Sorted as shipped: `shipped/` is compared with the list below.
+        let id = format!("ep-{n:02}");
+        let case = format!("{point} {mode:?} {id}");
         a.start(&rig.holds, &[("CIS490_CRASH_AT", point)]);
-        let cfg = rig.shipper_with("ship", "lab-01", &a.url(), PACK_FIRST);
+        let cfg = rig.shipper_with("ship", "lab-01", &a.url(), mode.extra());
         make_episode(&cfg.data_dir, &id, bytes, n as u64, true);
         let src = source(&cfg, &id);
         let out = once(&cfg);
@@ -618,15 +659,36 @@ fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
         assert_eq!(
             rig.published("lab-01", &id).is_some(),
             published,
-            "{point}: {id} visible after the crash?"
+            "{case}: visible after the crash?"
         );
         assert_eq!(
             rig.keys().contains(&Rig::name_key("lab-01", &id)),
             published,
-            "{point}: a name object?"
+            "{case}: a name object?"
         );
+        if mode == Mode::Stream && point != "recv.after_head" && !published {
+            // The stream went into a keyed partial (`.k<key>`), the
+            // spool a streamed upload resumes from.
+            let spooled = a.spooled();
+            let keyed: Vec<&String> = spooled
+                .iter()
+                .filter(|f| f.starts_with(&format!(".partial-{id}.k")))
+                .collect();
+            let [keyed] = keyed[..] else {
+                panic!("{case}: one keyed partial expected: {spooled:?}")
+            };
+            if point == "recv.mid_chunked" {
+                // Killed mid-stream: the spool holds a part of the tarball.
+                let held = std::fs::metadata(a.spool.join("lab-01").join(keyed))
+                    .unwrap()
+                    .len();
+                let tarball = cfg.data_dir.join(format!("outbox/{id}.tar.zst"));
+                let size = std::fs::metadata(&tarball).expect("tarball kept").len();
+                assert!(0 < held && held < size, "{case}: {held} of {size} bytes");
+            }
+        }
         a.start(&rig.holds, &[]);
-        let cfg = rig.shipper_with("ship", "lab-01", &a.url(), PACK_FIRST);
+        let cfg = rig.shipper_with("ship", "lab-01", &a.url(), mode.extra());
         let out = once(&cfg);
         assert_exit(&out, 0);
         let said = if published {
@@ -636,21 +698,41 @@ fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
         };
         assert!(
             stderr(&out).contains(&format!("{id}: {said}")),
-            "{point}: {}",
+            "{case}: {}",
             describe(&out)
         );
         rig.assert_round_trip("lab-01", &id, &src);
-        if point == "recv.after_tmp_fsync" || point.starts_with("s3.") {
+        if point == "recv.mid_chunked" {
+            assert!(
+                stderr(&out).contains(&format!("{id}: resumed at ")),
+                "{case}: {}",
+                describe(&out)
+            );
+        }
+        let resumed = match mode {
             // Verified and spooled before the crash: published from the
             // spool by a PATCH that sends no byte again.
+            Mode::PackFirst => point == "recv.after_tmp_fsync" || point.starts_with("s3."),
+            // Every byte the stream delivered stays spooled: the next pass
+            // sends the rest, if any, and the digest.
+            Mode::Stream => !published && point != "recv.after_head",
+        };
+        if resumed {
             assert!(
                 a.r()
                     .log_text()
                     .contains(&format!("PATCH /v1/episodes/lab-01/{id} 201")),
-                "{point}: the next pass resumed the verified spool:\n{}",
+                "{case}: the next pass resumed the spool:\n{}",
                 a.r().log_text()
             );
         }
+        assert!(
+            !a.spooled()
+                .iter()
+                .any(|f| f.starts_with(&format!(".partial-{id}."))),
+            "{case}: the spool keeps nothing once published: {:?}",
+            a.spooled()
+        );
         shipped.push(id);
     }
 
@@ -668,42 +750,74 @@ fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
         "{}",
         describe(&out)
     );
-    assert!(a.r().log_text().contains(" 503 "), "{}", a.r().log_text());
+    // The streamed PUT's head was answered: not a byte of its body read.
+    assert!(
+        a.r()
+            .log_text()
+            .contains("PUT /v1/episodes/lab-01/ep-out-1 503 bytes=0 "),
+        "{}",
+        a.r().log_text()
+    );
     assert_eq!(names(&cfg.data_dir.join("shipped")), shipped);
 
     // The store goes down while an upload is being published (after the
-    // receiver verified and spooled it): 503, the spool kept.
+    // receiver verified and spooled it): 503, the spool kept. Once for the
+    // PUT of ep-out-1 (packed after the 503), once for a stream (a fresh
+    // episode through a shipper of its own): its keyed partial is kept.
     rig.ceph.start_gateway();
-    rig.hold("recv.after_tmp_fsync");
-    let held = a.count("HOLDPOINT recv.after_tmp_fsync");
-    let child = spawn_once(&cfg);
-    a.wait_count("HOLDPOINT recv.after_tmp_fsync", held);
-    rig.ceph.stop_gateway();
-    rig.release("recv.after_tmp_fsync");
-    let out = child.wait_with_output().unwrap();
-    assert_exit(&out, 75);
+    let streaming = rig.shipper("ship-s", "lab-01", &a.url());
+    make_episode(&streaming.data_dir, "ep-out-3", 300_000, 32, true);
+    let src3 = source(&streaming, "ep-out-3");
+    for (cfg, spool) in [
+        (&cfg, ".partial-ep-out-1."),
+        (&streaming, ".partial-ep-out-3.k"),
+    ] {
+        rig.hold("recv.after_tmp_fsync");
+        let held = a.count("HOLDPOINT recv.after_tmp_fsync");
+        let child = spawn_once(cfg);
+        a.wait_count("HOLDPOINT recv.after_tmp_fsync", held);
+        rig.ceph.stop_gateway();
+        rig.release("recv.after_tmp_fsync");
+        let out = child.wait_with_output().unwrap();
+        assert_exit(&out, 75);
+        assert!(
+            stderr(&out).contains("object store unavailable"),
+            "{}",
+            describe(&out)
+        );
+        assert!(
+            a.spooled().iter().any(|n| n.starts_with(spool)),
+            "the verified upload stays spooled as {spool}*: {:?}",
+            a.spooled()
+        );
+        rig.ceph.start_gateway();
+    }
     assert!(
-        a.spooled()
-            .iter()
-            .any(|n| n.starts_with(".partial-ep-out-1.")),
-        "the verified upload stays spooled: {:?}",
-        a.spooled()
+        a.r()
+            .log_text()
+            .contains("PUT /v1/episodes/lab-01/ep-out-3 503 bytes="),
+        "{}",
+        a.r().log_text()
     );
 
-    // Back: everything ships; the spooled one without sending it again.
-    rig.ceph.start_gateway();
+    // Back: everything ships; the spooled ones without sending them again.
     let out = once(&cfg);
     assert_exit(&out, 0);
     for (id, src) in ["ep-out-1", "ep-out-2"].iter().zip(&srcs) {
         rig.assert_round_trip("lab-01", id, src);
     }
-    assert!(
-        a.r()
-            .log_text()
-            .contains("PATCH /v1/episodes/lab-01/ep-out-1"),
-        "{}",
-        a.r().log_text()
-    );
+    let out = once(&streaming);
+    assert_exit(&out, 0);
+    rig.assert_round_trip("lab-01", "ep-out-3", &src3);
+    for id in ["ep-out-1", "ep-out-3"] {
+        assert!(
+            a.r()
+                .log_text()
+                .contains(&format!("PATCH /v1/episodes/lab-01/{id} 201 bytes=0 ")),
+            "{}",
+            a.r().log_text()
+        );
+    }
     assert!(
         a.spooled().iter().all(|n| !n.starts_with(".partial-")),
         "{:?}",
