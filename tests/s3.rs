@@ -315,12 +315,14 @@ fn check_config(config: &Path) -> Output {
 
 /// Two receivers, one bucket, shippers uploading while packing (the
 /// default): episodes shipped through either are published once, byte for
-/// byte; a re-ship is 200; the same id with other
-/// bytes through both at the same moment is one 201 and one 409, for a
-/// single PUT and for a multipart upload; a body that does not match its
-/// digest, at the receiver or (changed on the spool's disk) at the store,
-/// creates nothing. `--check-config` checks the bucket; the metrics count
-/// the store's requests.
+/// byte; a re-ship is 200; the same id with other bytes through both at the
+/// same moment is one 201 and one 409, for a single PUT and for a multipart
+/// upload, and with the same bytes one 201 and one 200 (the loser's 412 on
+/// the name, compared); a name whose data object is missing or of another
+/// length is a 503, never a 200; a body that does not match its digest, at
+/// the receiver or (changed on the spool's disk) at the store, creates
+/// nothing. `--check-config` checks the bucket; the metrics count the
+/// store's requests.
 #[test]
 fn two_receivers_share_one_bucket_with_the_same_guarantees() {
     let Some(rig) = Rig::start("s3-two") else {
@@ -493,6 +495,73 @@ fn two_receivers_share_one_bucket_with_the_same_guarantees() {
         "one 201 per raced id"
     );
     assert_eq!(put_lines(&a, " 409 ") + put_lines(&b, " 409 "), 2);
+
+    // The same id, the same bytes, through both receivers at the same
+    // moment (raw PUTs lined up between data and name): one creates the
+    // name (201); the other's conditional create gets 412, it reads the
+    // name, finds its own digest: 200.
+    let same = raw::noise(200_000, 12);
+    let head = raw::put_head("ep-same", &same);
+    let mut req = head.clone().into_bytes();
+    req.extend_from_slice(&same);
+    rig.hold("s3.after_data");
+    let (ha, hb) = (a.count("HOLDPOINT"), b.count("HOLDPOINT"));
+    let racers: Vec<_> = [a.r().http.unwrap(), b.r().http.unwrap()]
+        .into_iter()
+        .map(|addr| {
+            let req = req.clone();
+            std::thread::spawn(move || raw::exchange(addr, &req))
+        })
+        .collect();
+    a.wait_count("HOLDPOINT s3.after_data", ha);
+    b.wait_count("HOLDPOINT s3.after_data", hb);
+    rig.release("s3.after_data");
+    let answers: Vec<String> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut codes: Vec<u16> = answers.iter().map(|r| raw::status_of(r)).collect();
+    codes.sort();
+    assert_eq!(codes, [200, 201], "{answers:?}");
+    let (hex, bytes) = rig.published("lab-01", "ep-same").unwrap();
+    assert_eq!(
+        (hex.as_str(), bytes),
+        (raw::hex_of(&same).as_str(), same.clone())
+    );
+
+    // A name is believed only while its data object is there with the
+    // length it names: missing, or of another length, the answer is 503
+    // (never a 200 that lets a shipper delete its copy); restored, 200.
+    // Each decided from the head: the request sends none of its body.
+    let data = format!("/{BUCKET}/{PREFIX}_data/sha256/{hex}.tar.zst");
+    let ask = || raw::exchange(a.r().http.unwrap(), head.as_bytes());
+    let gone = rig
+        .ceph
+        .request("DELETE", &data, &[], &[], b"", Payload::of(b""));
+    assert_eq!(gone.status, 204, "{gone:?}");
+    let short = &same[..1000];
+    for (what, held) in [("missing", "none"), ("of another length", "1000")] {
+        if held == "1000" {
+            let r = rig
+                .ceph
+                .request("PUT", &data, &[], &[], short, Payload::of(short));
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        let resp = ask();
+        assert_eq!(raw::status_of(&resp), 503, "data object {what}: {resp}");
+        assert!(resp.contains("unavailable"), "{resp}");
+        assert_eq!(raw::field(&resp, "Retry-After"), Some("60"), "{resp}");
+        let log = a.r().log_text();
+        assert!(
+            log.contains(&format!(
+                "names 200000 bytes, but the data object holds {held}"
+            )),
+            "{what}: {log}"
+        );
+    }
+    let r = rig
+        .ceph
+        .request("PUT", &data, &[], &[], &same, Payload::of(&same));
+    assert_eq!(r.status, 200, "{r:?}");
+    let resp = ask();
+    assert_eq!(raw::status_of(&resp), 200, "restored: {resp}");
 
     // A body that does not match its digest: refused by the receiver,
     // nothing reaches the store.
@@ -750,6 +819,15 @@ fn crashes_and_outages_never_lose_or_half_publish_an_episode() {
         "{}",
         describe(&out)
     );
+    // A raw streamed PUT's head, answered the same: 503 unavailable, with
+    // when to retry.
+    let resp = raw::exchange(
+        a.r().http.unwrap(),
+        raw::stream_head("ep-raw", "").as_bytes(),
+    );
+    assert_eq!(raw::status_of(&resp), 503, "{resp}");
+    assert!(resp.contains("unavailable"), "{resp}");
+    assert_eq!(raw::field(&resp, "Retry-After"), Some("60"), "{resp}");
     // The streamed PUT's head was answered: not a byte of its body read.
     assert!(
         a.r()
