@@ -5,6 +5,8 @@
 #   scripts/ceph-rgw.sh install                  # the Debian packages, once
 #   scripts/ceph-rgw.sh start DIR [--owner PID]  # prints key=value lines
 #   scripts/ceph-rgw.sh stop DIR                 # SIGKILLs what start recorded
+#   scripts/ceph-rgw.sh gateway-stop DIR         # SIGKILLs the gateway only (an outage)
+#   scripts/ceph-rgw.sh gateway-start DIR        # starts it again: same port, keys, data
 #
 # Everything lives under DIR: ceph.conf (with a fresh fsid), the keyring, the
 # monitor's store, logs, admin sockets. The OSD keeps objects in memory
@@ -54,6 +56,10 @@ Commands:
                            (created, must not hold a cluster already); with
                            --owner, kill it when process PID exits
   stop DIR                 SIGKILL the processes start recorded in DIR/pids
+  gateway-stop DIR         SIGKILL only the S3 gateway (radosgw): the store is
+                           down, its data kept by the monitor and OSD
+  gateway-start DIR        start the gateway again on the same port; prints pid=PID
+                           once it answers HTTP
   check                    exit 0 if the packages are installed, 77 if not
 EOF
 }
@@ -382,6 +388,10 @@ cmd_start() {
         watchdog_pid=$SPAWNED
     fi
 
+    # What gateway-stop and gateway-start need.
+    printf '%s\n' "$rgw_pid" >"$dir/rgw.pid"
+    printf '%s\n' "$rgw_port" >"$dir/rgw.port"
+
     local t1
     t1=$(date +%s%N)
     START_DIR=
@@ -413,6 +423,61 @@ cmd_stop() {
     rm -f "$(pids_file "$dir")"
 }
 
+# The directory of a started cluster, made absolute; dies if it holds none.
+cluster_dir() {
+    local dir=${1:-}
+    [[ -n $dir ]] || { usage >&2; exit "$EX_USAGE"; }
+    [[ -d $dir ]] || die "$dir: no such directory"
+    dir=$(cd "$dir" && pwd -P)
+    [[ -f $(pids_file "$dir") && -f $dir/rgw.pid && -f $dir/rgw.port ]] ||
+        die "$dir holds no running cluster (no pids, rgw.pid or rgw.port file)"
+    printf '%s' "$dir"
+}
+
+# SIGKILLs the gateway (if it is still the one we started) and waits until
+# it is gone: from then on its port refuses connections.
+cmd_gateway_stop() {
+    local dir pid i
+    dir=$(cluster_dir "${1:-}")
+    pid=$(<"$dir/rgw.pid")
+    ours "$pid" "$dir" || return 0
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        ours "$pid" "$dir" || return 0
+        sleep 0.05
+    done
+    die "radosgw (pid $pid) still alive after SIGKILL"
+}
+
+# Starts the gateway again with the cluster's config (same port, users and
+# buckets: they live in the OSD), recorded like the others so that `stop`
+# kills it; ready once it answers HTTP.
+cmd_gateway_start() {
+    local dir pid port
+    dir=$(cluster_dir "${1:-}")
+    pid=$(<"$dir/rgw.pid")
+    ! ours "$pid" "$dir" || die "radosgw (pid $pid) is running already"
+    port=$(<"$dir/rgw.port")
+    START_DIR=
+    SECONDS=0
+    spawn "$dir" rgw.a radosgw -c "$dir/ceph.conf" -n client.rgw.a -f
+    pid=$SPAWNED
+    printf '%s\n' "$pid" >"$dir/rgw.pid"
+    until http_answers "$port"; do
+        if ! ours "$pid" "$dir"; then
+            print_log_tails "$dir"
+            printf '%s: radosgw exited during start-up\n' "$PROG" >&2
+            exit "$EX_UNAVAILABLE"
+        fi
+        if ((SECONDS >= START_TIMEOUT_S)); then
+            printf '%s: radosgw did not answer on 127.0.0.1:%s within %ss\n' "$PROG" "$port" "$START_TIMEOUT_S" >&2
+            exit "$EX_UNAVAILABLE"
+        fi
+        sleep 0.1
+    done
+    printf 'pid=%s\n' "$pid"
+}
+
 main() {
     local cmd=${1:-}
     [[ -n $cmd ]] || { usage >&2; exit "$EX_USAGE"; }
@@ -421,6 +486,8 @@ main() {
     install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    gateway-stop) cmd_gateway_stop "$@" ;;
+    gateway-start) cmd_gateway_start "$@" ;;
     check) require_packages ;;
     watchdog) (($# == 2)) || { usage >&2; exit "$EX_USAGE"; }; cmd_watchdog "$@" ;;
     -h | --help) usage ;;

@@ -474,6 +474,26 @@ client_ca_file = "/etc/cis490/tls/ca.crt"
 # Default: max_body_bytes.
 #max_partial_bytes_per_host = 68719476736
 
+# An S3-compatible object store (Ceph RGW, AWS S3, MinIO) to publish to,
+# so that several receivers can share one bucket (docs/deploy.md, "Scaling
+# out"). Unset (the default): episodes are stored in store_dir itself. Set:
+# store_dir is only the spool of uploads in flight, and s3_endpoint,
+# s3_bucket, s3_access_key_id and s3_secret_key_file are required.
+# s3_endpoint is https://HOST[:PORT] (http:// only for a gateway on this
+# machine); the secret key file must be mode 0600; s3_ca_file is needed if
+# the store's certificate is not from a public CA. Episodes larger than
+# s3_max_single_put_bytes (default 5 GiB, the most S3 takes in one PUT) go
+# by multipart upload. `cis490-receiver --check-config` signs a HEAD of the
+# bucket.
+#s3_endpoint = "https://rgw.lab"
+#s3_bucket = "cis490"
+#s3_prefix = "episodes/"
+#s3_region = "us-east-1"
+#s3_access_key_id = "0555b35654ad1656d804"
+#s3_secret_key_file = "/etc/cis490/s3.secret"
+#s3_ca_file = "/etc/cis490/tls/rgw-ca.crt"
+#s3_max_single_put_bytes = 5368709120
+
 # One line per lab host: "HOST_ID" = "<sha256 of the host's token, lowercase
 # hex>". `scripts/pki.sh host HOST_ID` prints the line to paste. The receiver
 # never sees the tokens themselves; each host needs its own token.

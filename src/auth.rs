@@ -59,6 +59,14 @@ const TOKEN_FILE_MAX: u64 = 64 * 1024;
 /// once hung the shipper forever. The mode checked is the open file's own
 /// (fstat), so it is the mode of what is read.
 pub fn read_token_file(path: &Path) -> io::Result<Token> {
+    read_secret_file(path, "a token")
+}
+
+/// Reads a secret from a file under the token file's rules (mode 0600 or
+/// stricter, a regular file, one line of letters, digits and `-._~+/=`):
+/// the receiver's `s3_secret_key_file` too. `what` names the secret in the
+/// error ("a token", "an S3 secret key").
+pub fn read_secret_file(path: &Path, what: &str) -> io::Result<Token> {
     let cannot =
         |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
     let (file, meta) = crate::config::open_regular_file(path).map_err(cannot)?;
@@ -80,7 +88,7 @@ pub fn read_token_file(path: &Path) -> io::Result<Token> {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{} does not hold a token (one line of letters, digits and -._~+/=)",
+                "{} does not hold {what} (one line of letters, digits and -._~+/=)",
                 path.display()
             ),
         )

@@ -5,7 +5,9 @@
 //! A problem is exit 78; a certificate that expires within 14 days is a
 //! warning (exit 0) naming the date, and the same warning is what a
 //! shipper pass and the receiver (at start and daily) log. Nothing here
-//! writes anything or opens a connection: `--ping` checks the path.
+//! writes anything, and the only connection opened is the receiver's to
+//! its object store (`s3_*`: a signed `HEAD` of the bucket), which cannot
+//! be checked offline; the shipper's path is `--ping`'s to check.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -242,7 +244,30 @@ pub fn receiver(config: &Path) -> u8 {
     }
     check_dir(&mut f, "store_dir", &cfg.store_dir, true);
     check_metrics_file(&mut f, cfg.metrics_file.as_deref());
+    if let Some(s3) = &cfg.s3 {
+        check_s3(&mut f, s3, &at);
+    }
     f.report(config)
+}
+
+/// The object store: its CA file, then a signed `HEAD` of the bucket
+/// (reachable, the credentials accepted, the bucket there).
+fn check_s3(f: &mut Findings, cfg: &crate::config::s3::S3Config, at: &dyn Fn(&str) -> String) {
+    if !cfg.endpoint.tls && !cfg.endpoint.is_loopback() {
+        f.warnings.push(format!(
+            "{}: {} is plain HTTP to another machine: tarballs cross the network unencrypted; \
+             use https://",
+            at("s3_endpoint"),
+            cfg.endpoint.url()
+        ));
+    }
+    match crate::s3::store::S3Store::new(cfg) {
+        Err(e) => f.problem(format!("{}: {e}", at("s3_ca_file"))),
+        Ok(s3) => match s3.check() {
+            Ok(()) => info!("{}: reachable, credentials accepted", s3.describe()),
+            Err(e) => f.problem(format!("{}: {e}", at("s3_endpoint"))),
+        },
+    }
 }
 
 #[cfg(test)]

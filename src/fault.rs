@@ -17,6 +17,12 @@
 //! - `CIS490_PANIC_AT=<name>[@k]` panics at that crash point instead (the
 //!   k-th hit, default the first): a bug in one receiver connection, which
 //!   must end that connection's thread and nothing else (docs/build.md).
+//! - `CIS490_HOLD_DIR=<dir>`: at a crash point `<name>`, while
+//!   `<dir>/<name>` exists the thread waits (60 s at most), after
+//!   writing `HOLDPOINT <name>` to stderr. A test lines two processes up
+//!   at the same step (two receivers about to name one episode) or changes
+//!   a file while one waits, then deletes the file to let them go: a poll
+//!   for the test's signal, not a sleep that hopes.
 
 /// Every crash point, so a test can loop over all of them.
 pub const POINTS: &[&str] = &[
@@ -50,6 +56,10 @@ pub const POINTS: &[&str] = &[
     "recv.after_publish",
     "recv.after_dir_fsync",
     "recv.before_response",
+    // The object store's publish (`s3`): halfway through sending a data
+    // object's (or a part's) bytes, and between the data and the name.
+    "s3.mid_data",
+    "s3.after_data",
 ];
 
 #[cfg(feature = "fault-injection")]
@@ -80,6 +90,7 @@ mod imp {
     }
 
     pub fn point(name: &str) {
+        hold(name);
         if let Ok(spec) = std::env::var("CIS490_PANIC_AT") {
             if nth_hit(&spec, name, format!("panic:{name}")) {
                 panic!("injected panic at {name} (CIS490_PANIC_AT)");
@@ -95,6 +106,21 @@ mod imp {
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
+        }
+    }
+
+    fn hold(name: &str) {
+        let Some(dir) = std::env::var_os("CIS490_HOLD_DIR") else {
+            return;
+        };
+        let gate = std::path::Path::new(&dir).join(name);
+        if !gate.exists() {
+            return;
+        }
+        let _ = io::stderr().write_all(format!("HOLDPOINT {name}\n").as_bytes());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while gate.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod notify;
 pub mod protocol;
 pub mod receiver;
+pub mod s3;
 pub mod shipper;
 pub mod signal;
 pub mod sigv4;

@@ -366,6 +366,9 @@ pub enum Status {
     NotImplemented,
     /// 503 `busy`: every connection slot is taken (with `Retry-After`).
     Busy,
+    /// 503 `unavailable`: the object store the receiver publishes to
+    /// (`s3_*`) did not take the request; nothing was published.
+    Unavailable,
     /// 505 `bad_request`: an HTTP version other than 1.0 and 1.1.
     VersionNotSupported,
     /// 507 `no_space`: the store is full.
@@ -387,7 +390,7 @@ pub enum Status {
 
 impl Status {
     /// Every answer, for counting them (`receiver::report`).
-    pub const ALL: [Status; 26] = [
+    pub const ALL: [Status; 27] = [
         Status::Ok,
         Status::Present,
         Status::Stored,
@@ -407,6 +410,7 @@ impl Status {
         Status::Error,
         Status::NotImplemented,
         Status::Busy,
+        Status::Unavailable,
         Status::VersionNotSupported,
         Status::NoSpace,
         Status::UploadInProgress,
@@ -444,7 +448,7 @@ impl Status {
             Status::HeadTooLarge => 431,
             Status::Error => 500,
             Status::NotImplemented => 501,
-            Status::Busy => 503,
+            Status::Busy | Status::Unavailable => 503,
             Status::VersionNotSupported => 505,
             Status::NoSpace => 507,
         }
@@ -475,6 +479,7 @@ impl Status {
             Status::TooLarge => "too_large",
             Status::Error => "error",
             Status::Busy => "busy",
+            Status::Unavailable => "unavailable",
             Status::NoSpace => "no_space",
             Status::UploadInProgress => "upload_in_progress",
             Status::OffsetMismatch => "offset_mismatch",
@@ -485,7 +490,7 @@ impl Status {
     /// The level of the line that logs a request so answered.
     pub const fn level(self) -> Level {
         match self {
-            Status::Error | Status::Busy | Status::NoSpace => Level::Warn,
+            Status::Error | Status::Busy | Status::Unavailable | Status::NoSpace => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -518,6 +523,7 @@ pub mod status {
     pub const DIGEST_MISMATCH: &str = Status::DigestMismatch.word();
     pub const UPLOAD_IN_PROGRESS: &str = Status::UploadInProgress.word();
     pub const OFFSET_MISMATCH: &str = Status::OffsetMismatch.word();
+    pub const UNAVAILABLE: &str = Status::Unavailable.word();
     pub const DIGEST_MISSING: &str = Status::DigestMissing.word();
     pub const DIGEST_REQUIRED: &str = Status::DigestRequired.word();
 }
@@ -804,6 +810,7 @@ mod tests {
             (Status::Forbidden, 403, "forbidden"), (Status::Timeout, 408, "timeout"),
             (Status::LengthRequired, 411, "length_required"), (Status::TooLarge, 413, "too_large"),
             (Status::Busy, 503, "busy"), (Status::NoSpace, 507, "no_space"),
+            (Status::Unavailable, 503, "unavailable"),
             (Status::Error, 500, "error"), (Status::Ok, 200, "ok"),
             (Status::DigestMissing, 400, "digest_missing"), (Status::DigestRequired, 428, "digest_required"),
         ];

@@ -13,39 +13,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use cis490::http::{parse_response_head, read_head, write_request_head, Headers, Limits};
+use cis490::http::{parse_response_head, read_head, write_request_head, Limits};
 use cis490::sigv4::{self, Payload, Request};
-use common::ceph::Ceph;
+use common::ceph::{Ceph, Reply};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BODY: u64 = 64 * 1024 * 1024;
 
-struct Reply {
-    status: u16,
-    headers: Headers,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {:?} {}",
-            self.status,
-            self.headers.0,
-            String::from_utf8_lossy(&self.body[..self.body.len().min(2000)])
-        )
-    }
-}
-
-/// One signed request on a fresh connection (`Connection: close`), its
-/// answer read to the end. `body` is what is sent; `payload` what the
-/// signature claims about it (normally `Payload::of(body)`).
 fn s3(
     ceph: &Ceph,
     method: &str,
@@ -55,85 +33,7 @@ fn s3(
     body: &[u8],
     payload: Payload,
 ) -> Reply {
-    let host = ceph.host();
-    let len = body.len().to_string();
-    let mut signed: Vec<(&str, &str)> = headers.to_vec();
-    if method == "PUT" || method == "POST" {
-        signed.push(("content-length", &len));
-    }
-    let req = Request {
-        method,
-        host: &host,
-        path,
-        query,
-        headers: &signed,
-        payload,
-    };
-    let added = sigv4::sign(&req, &ceph.credentials(), SystemTime::now()).expect("sign");
-    let mut all = signed.clone();
-    all.extend(added.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    all.push(("connection", "close"));
-    let head = write_request_head(method, &sigv4::target(path, query), &host, &all);
-
-    let mut s = TcpStream::connect_timeout(&ceph.addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(&head).expect("send head");
-    s.write_all(body).expect("send body");
-    let mut buf = Vec::new();
-    let limits = Limits::default();
-    let n = read_head(&mut s, &mut buf, &limits, &mut || Ok(()))
-        .expect("read answer head")
-        .expect("an answer, not a close");
-    let resp = parse_response_head(&buf[..n], &limits).expect("parse answer head");
-    let mut rest = buf[n..].to_vec();
-    if method != "HEAD" {
-        (&mut s)
-            .take(MAX_BODY)
-            .read_to_end(&mut rest)
-            .expect("read answer body");
-    }
-    let body = if method == "HEAD" {
-        Vec::new()
-    } else if resp.headers.has_token("transfer-encoding", "chunked") {
-        dechunk(&rest)
-    } else if let Some(cl) = resp.headers.get("content-length") {
-        let cl: usize = cl.parse().expect("numeric Content-Length");
-        assert!(
-            rest.len() >= cl,
-            "answer body cut short: {} < {cl}",
-            rest.len()
-        );
-        rest.truncate(cl);
-        rest
-    } else {
-        rest
-    };
-    Reply {
-        status: resp.status,
-        headers: resp.headers,
-        body,
-    }
-}
-
-/// A chunked body (RGW sends its XML answers so), trailers ignored.
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let line = std::str::from_utf8(&b[..eol]).expect("ASCII chunk size");
-        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
-            .expect("hex chunk size");
-        b = &b[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
+    ceph.request(method, path, query, headers, body, payload)
 }
 
 /// Deterministic bytes that do not compress (xorshift64).

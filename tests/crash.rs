@@ -455,14 +455,17 @@ fn shipper_crash_points_converge() {
         .collect();
     assert!(points.len() >= 14, "shipper points: {points:?}");
     // Every point is exercised here, in receiver_crash_points_converge, in
-    // shipper_killed_between_head_and_patch_resumes, or (retention's) in
-    // retention_crash_leaves_no_half_episode_that_looks_whole.
+    // shipper_killed_between_head_and_patch_resumes, (retention's) in
+    // retention_crash_leaves_no_half_episode_that_looks_whole, or (the
+    // object store's) in tests/s3.rs.
     for p in cis490::fault::POINTS {
         assert!(
             points.contains(p)
                 || *p == SHIPPER_RESUME_POINT
                 || p.starts_with("recv.")
-                || p.starts_with("retain."),
+                || p.starts_with("retain.")
+                // tests/s3.rs, against a real object store.
+                || p.starts_with("s3."),
             "crash point {p} is covered by no test"
         );
     }

@@ -28,6 +28,7 @@ use crate::ids;
 
 mod doc;
 mod files;
+pub mod s3;
 mod toml;
 
 use doc::Doc;
@@ -324,13 +325,17 @@ pub struct ReceiverConfig {
     /// first. Defaults to `max_body_bytes`: one upload of the largest size
     /// can always be resumed, and no host holds more than that unfinished.
     pub max_partial_bytes_per_host: u64,
+    /// Set: uploads are published to this object store, and `store_dir`
+    /// is only the spool of uploads in progress. Defaults to none.
+    pub s3: Option<s3::S3Config>,
 }
 
 const RECEIVER_KEYS: &str =
     "listen, listen_plain, store_dir, cert_file, key_file, client_ca_file, \
      max_body_bytes, max_connections, max_connections_per_ip, head_timeout_s, \
      body_timeout_s, idle_timeout_s, metrics_file, partial_ttl_hours, \
-     max_partial_bytes_per_host, [hosts]";
+     max_partial_bytes_per_host, s3_endpoint, s3_bucket, s3_prefix, s3_region, \
+     s3_access_key_id, s3_secret_key_file, s3_ca_file, s3_max_single_put_bytes, [hosts]";
 
 fn socket_addr(doc: &mut Doc, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match doc.string(key)? {
@@ -431,6 +436,7 @@ impl ReceiverConfig {
             Duration::from_secs(3600 * doc.integer("partial_ttl_hours", 72, 1, 8760)?);
         let max_partial_bytes_per_host =
             doc.integer("max_partial_bytes_per_host", max_body_bytes, 0, 1 << 50)?;
+        let s3 = s3::read(&mut doc, max_body_bytes)?;
         doc.finish(RECEIVER_KEYS)?;
         Ok(ReceiverConfig {
             path: path.to_owned(),
@@ -449,6 +455,7 @@ impl ReceiverConfig {
             metrics_file,
             partial_ttl,
             max_partial_bytes_per_host,
+            s3,
         })
     }
 }
@@ -500,6 +507,95 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_partial_bytes_per_host"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The `s3_*` keys: none is the local store; any needs the four
+    /// without a default; the rest default; each refusal names its key.
+    #[test]
+    fn receiver_s3_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cis490-cfg-s3-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("s3.secret");
+        std::fs::write(&secret, "c2VjcmV0/key+1=\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.join("receiver.toml");
+        let load = |extra: &str| {
+            let toml = format!(
+                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
+                dir.join("store").display(),
+                "ab".repeat(32)
+            );
+            std::fs::write(&path, toml).unwrap();
+            ReceiverConfig::load(&path)
+        };
+        assert!(load("").unwrap().s3.is_none());
+        let required = format!(
+            "s3_endpoint = \"http://127.0.0.1:7480\"\ns3_bucket = \"cis490\"\n\
+             s3_access_key_id = \"AK01\"\ns3_secret_key_file = \"{}\"\n",
+            secret.display()
+        );
+        let c = load(&required).unwrap().s3.unwrap();
+        assert_eq!(
+            (
+                c.bucket.as_str(),
+                c.prefix.as_str(),
+                c.credentials.region.as_str()
+            ),
+            ("cis490", "", "us-east-1")
+        );
+        assert_eq!(c.credentials.secret_key, "c2VjcmV0/key+1=");
+        assert_eq!(c.max_single_put_bytes, 5 << 30);
+        assert!(
+            !format!("{c:?}").contains("c2VjcmV0"),
+            "the secret is redacted"
+        );
+        for key in [
+            "s3_endpoint",
+            "s3_bucket",
+            "s3_access_key_id",
+            "s3_secret_key_file",
+        ] {
+            let without: String = required
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = load(&without).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("required"), "{e}");
+        }
+        for (extra, key) in [
+            ("s3_endpoint = \"ftp://x\"\n", "s3_endpoint"),
+            ("s3_bucket = \"Bad_Bucket\"\n", "s3_bucket"),
+            ("s3_prefix = \"/abs/\"\n", "s3_prefix"),
+            ("s3_region = \"\"\n", "s3_region"),
+            ("s3_ca_file = \"/etc/hostname\"\n", "s3_ca_file"), // with http://
+            (
+                "s3_max_single_put_bytes = 1000\n",
+                "s3_max_single_put_bytes",
+            ),
+            ("s3_bukket = \"x\"\n", "s3_bukket"),
+        ] {
+            // The bad value instead of the good one (a duplicate key is
+            // an error of its own).
+            let name = extra.split(' ').next().unwrap();
+            let text: String = required
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{name} ")))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                + extra;
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load(&required).unwrap_err().to_string();
+        assert!(
+            e.contains("s3_secret_key_file") && e.contains("chmod 600"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

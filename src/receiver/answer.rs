@@ -23,6 +23,12 @@ use crate::receiver::store::{Outcome, StoreError};
 /// The interim answer to `Expect: 100-continue`: no body, no log line.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// The interim answer that says a request is still being worked on (RFC
+/// 2518's 102, registered in RFC 9110's status code registry): sent while
+/// an upload is published to the object store, so a client's per-read
+/// timeout does not run out first. No body, no log line.
+pub const PROCESSING: &[u8] = b"HTTP/1.1 102 Processing\r\n\r\n";
+
 /// One final answer. Its JSON `status` is always `status.word()`: the only
 /// way to make one is [`Answer::new`] and the helpers below.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +123,12 @@ impl Answer {
     /// A storage error. The client learns the category (507: retry later;
     /// 500); the detail, with paths, goes to the log only.
     pub fn storage(e: &StoreError) -> Answer {
-        Answer::new(e.status()).with_message("storage error")
+        match e.status() {
+            Status::Unavailable => Answer::new(Status::Unavailable)
+                .with_message("the object store is unavailable; nothing was published, retry later")
+                .with_header("Retry-After", "60"),
+            status => Answer::new(status).with_message("storage error"),
+        }
     }
 
     /// The end of an upload whose body was read in full: what the store

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use crate::config::{ReceiverConfig, RECEIVER_DEFAULT_PATH};
 use crate::receiver::server::{ServeError, Server};
 use crate::receiver::store::Store;
-use crate::{error, exit, info, tls};
+use crate::s3::store::S3Store;
+use crate::{error, exit, info, tls, warn};
 
 const HELP: &str = "\
 cis490-receiver: store episode uploads from cis490-shipper, atomically and exactly once
@@ -54,6 +55,12 @@ CONFIGURATION (TOML; unknown keys are errors):
     max_partial_bytes_per_host
                       a host's partial uploads together stay under this,
                       oldest deleted first [default: max_body_bytes]
+    s3_endpoint       publish to this S3-compatible store (https://HOST[:PORT],
+                      or http:// on this machine); store_dir is then the spool
+    s3_bucket, s3_prefix, s3_region, s3_access_key_id, s3_secret_key_file,
+    s3_ca_file        the bucket, a key prefix [default: none], the signing
+                      region [default: us-east-1], the key pair (the secret in
+                      a 0600 file), the store's CA [default: public roots]
     [hosts]           \"HOST_ID\" = \"<sha256 of its token, lowercase hex>\"
 
 EXIT CODES:
@@ -141,9 +148,41 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    let store = match &config.s3 {
+        None => store,
+        Some(cfg) => match S3Store::new(cfg) {
+            Ok(s3) => {
+                if !cfg.endpoint.tls && !cfg.endpoint.is_loopback() {
+                    warn!(
+                        "{}: s3_endpoint {} is plain HTTP to another machine: requests are \
+                         signed (the secret never travels), but tarballs cross the network \
+                         unencrypted; use https://",
+                        config.path.display(),
+                        cfg.endpoint.url()
+                    );
+                }
+                // Not fatal: a store that is down now gets 503s until it is
+                // back, and the receiver must be up to say so.
+                match s3.check() {
+                    Ok(()) => info!("publishing to {}", s3.describe()),
+                    Err(e) => warn!("{e}; uploads are answered 503 until this is fixed"),
+                }
+                store.publish_to(s3)
+            }
+            Err(e) => {
+                error!("{}: key `s3_ca_file`: {e}", config.path.display());
+                return ExitCode::from(exit::CONFIG);
+            }
+        },
+    };
     info!(
-        "cis490-receiver {} storing in {} for {} host(s){}",
+        "cis490-receiver {} {} {} for {} host(s){}",
         crate::VERSION,
+        if config.s3.is_some() {
+            "spooling in"
+        } else {
+            "storing in"
+        },
         config.store_dir.display(),
         config.hosts.len(),
         if config.client_ca_file.is_some() {

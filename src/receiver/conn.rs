@@ -59,6 +59,15 @@ use crate::{fault, info, timefmt, warn};
 /// moved to `body_timeout_s` + the bytes decoded so far ÷ this.
 const MIN_BODY_RATE: u64 = 16 * 1024;
 
+/// How often a client whose upload is being published to the object
+/// store (`s3_*`: seconds to minutes for a large episode, after the body
+/// was read) hears `102 Processing`. The shipper's timeout is per read
+/// (`io_timeout_s`, default 60): each interim answer is a read that
+/// arrives, so a long publish never looks like a silent receiver to a
+/// client that waits longer than this (plus the store's own pauses, a
+/// second at most between beats unless a write to it stalls).
+const PROCESSING_EVERY: Duration = Duration::from_secs(2);
+
 /// The partial a request works on: the one its `Upload-Key` names, else
 /// its digest's.
 fn partial_of(key: Option<[u8; 16]>, digest: &[u8; 32]) -> PartialName {
@@ -175,6 +184,20 @@ enum BodyRead {
     Partly(u64),
     /// All of it (none, for a ping).
     Whole(u64),
+}
+
+/// What `Pending::commit_with` runs while an upload is published: a `102
+/// Processing` every `PROCESSING_EVERY`, to a client that sent `Expect:
+/// 100-continue` (it reads interim answers, RFC 9110 §15.2, and is not
+/// HTTP/1.0, which gets none); until one cannot be written.
+fn processing(s: &mut Stream, enabled: bool) -> impl FnMut() + '_ {
+    let (mut enabled, mut last) = (enabled, Instant::now());
+    move || {
+        if enabled && last.elapsed() >= PROCESSING_EVERY {
+            last = Instant::now();
+            enabled = s.send(answer::PROCESSING).is_ok();
+        }
+    }
 }
 
 /// Writes an answer's bytes. A crash here leaves the work done and the
@@ -455,7 +478,7 @@ impl Conn<'_> {
             Err(next) => return next,
         };
         let answer = if a.complete {
-            match pending.commit(&a.digest) {
+            match pending.commit_with(&a.digest, &mut processing(s, a.expect_continue)) {
                 Ok(outcome) => Answer::upload_outcome(&outcome, &a.digest),
                 Err(e) => self.failed(host, episode, &e),
             }
@@ -656,7 +679,8 @@ impl Conn<'_> {
             Ok(p) => p,
             Err(next) => return next,
         };
-        let answer = match pending.commit(&put.digest) {
+        let answer = match pending.commit_with(&put.digest, &mut processing(s, put.expect_continue))
+        {
             Ok(outcome) => Answer::outcome(&outcome, &put.digest),
             Err(e) => failed(&e),
         };
@@ -708,7 +732,9 @@ impl Conn<'_> {
             }
         };
         let answer = match digest {
-            Some(d) => match pending.commit(&d) {
+            // Published exactly as a `PUT`'s partial is (to the object
+            // store too, with `102 Processing` meanwhile).
+            Some(d) => match pending.commit_with(&d, &mut processing(s, put.expect_continue)) {
                 Ok(outcome) => Answer::outcome(&outcome, &d),
                 Err(e) => failed(&e),
             },

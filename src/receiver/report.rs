@@ -19,6 +19,7 @@ use crate::ids;
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::Status;
 use crate::receiver::store::PARTIAL_PREFIX;
+use crate::s3::api::Stats;
 use crate::timefmt::unix;
 use crate::warn;
 
@@ -101,6 +102,8 @@ pub struct Facts<'a> {
     pub open_connections: usize,
     pub accepted: u64,
     pub started: SystemTime,
+    /// The object store's requests, when there is one (`s3_*`).
+    pub s3: Option<&'a Stats>,
 }
 
 pub fn metrics(f: &Facts<'_>) -> Metrics {
@@ -137,6 +140,12 @@ pub fn metrics(f: &Facts<'_>) -> Metrics {
         "Connections accepted since start.",
         f.accepted as f64,
     );
+    if let Some(s3) = f.s3 {
+        s3.write(&mut m);
+    }
+    // With an object store these read the spool, which holds no finished
+    // episode: listing a bucket every 10 s would not scale (the store has
+    // its own usage statistics, e.g. `radosgw-admin bucket stats`).
     let stored = stored_per_host(&f.config.store_dir);
     type Pick = fn(&HostTotals) -> u64;
     let families: [(&str, &str, Pick); 4] = [

@@ -174,6 +174,7 @@ impl Server {
             open_connections: self.slots.count(),
             accepted: self.accepted.load(Ordering::Relaxed),
             started: self.started,
+            s3: self.store.s3().map(|s3| s3.stats()),
         }
     }
 

@@ -40,6 +40,16 @@
 //! partial, the `Upload-Length` a `PUT` announced and the sha256 state of
 //! the bytes written so far, so a resume within one run re-reads nothing.
 //!
+//! With an object store configured (`s3_*`), `store_dir` is the spool:
+//! everything above happens as written up to `commit`'s fsync, and then
+//! the verified file is published to the bucket (`s3::store`) instead of
+//! linked, and deleted; `lookup` asks the bucket. A failed publish keeps a
+//! partial, complete and verified, for the next attempt to publish without
+//! receiving its bytes again. Every framing ends in the same
+//! `Pending::commit_with`: a `PUT`'s body of known length, a `PATCH`
+//! that completes a partial, and a streamed (chunked) `PUT`'s partial once
+//! its trailer's digest is verified.
+//!
 //! This module owns the files and their order of operations; it does not
 //! know HTTP (which answer a [`StoreError`] or [`Outcome`] earns is
 //! `answer`'s business, apart from [`StoreError::status`]).
@@ -60,6 +70,8 @@ use crate::fsutil::{self, sync_dir};
 use crate::hashing::{self, to_hex};
 use crate::protocol::Status;
 use crate::receiver::admit::Held;
+use crate::s3::api::S3Error;
+use crate::s3::store::{Found, Published, S3Store};
 use crate::{fault, ids, info};
 
 const TEMP_PREFIX: &str = ".upload-";
@@ -75,6 +87,8 @@ pub enum StoreError {
     Io(&'static str, PathBuf, io::Error),
     /// 500: the host directory is a symlink (someone else's doing).
     HostDirIsLink(PathBuf),
+    /// 503 (500 when this machine's spool is at fault): the object store.
+    ObjectStore(S3Error),
 }
 
 impl StoreError {
@@ -83,6 +97,7 @@ impl StoreError {
     pub fn status(&self) -> Status {
         match self {
             StoreError::NoSpace(..) => Status::NoSpace,
+            StoreError::ObjectStore(e) => e.answer_status(),
             _ => Status::Error,
         }
     }
@@ -112,6 +127,7 @@ impl fmt::Display for StoreError {
                     p.display()
                 )
             }
+            StoreError::ObjectStore(e) => e.fmt(f),
         }
     }
 }
@@ -121,6 +137,7 @@ impl std::error::Error for StoreError {
         match self {
             StoreError::NoSpace(_, _, e) | StoreError::Io(_, _, e) => Some(e),
             StoreError::HostDirIsLink(_) => None,
+            StoreError::ObjectStore(e) => Some(e),
         }
     }
 }
@@ -364,6 +381,8 @@ pub struct Store {
     root: PathBuf,
     bounds: Bounds,
     partials: Mutex<Partials>,
+    /// Where uploads are published (`s3_*`); `None`: `root` itself.
+    s3: Option<S3Store>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -389,6 +408,7 @@ impl Store {
             root: root.to_owned(),
             bounds: Bounds::default(),
             partials: Mutex::new(Partials::default()),
+            s3: None,
         };
         let removed = store.remove_stale_temps()?;
         Ok((store, removed))
@@ -398,6 +418,17 @@ impl Store {
     pub fn bound(mut self, bounds: Bounds) -> Store {
         self.bounds = bounds;
         self
+    }
+
+    /// Publishes to an object store from now on; `root` is the spool.
+    pub fn publish_to(mut self, s3: S3Store) -> Store {
+        self.s3 = Some(s3);
+        self
+    }
+
+    /// The object store uploads are published to, if any.
+    pub fn s3(&self) -> Option<&S3Store> {
+        self.s3.as_ref()
     }
 
     /// The claims and memory of partials. A panic elsewhere while it was
@@ -445,6 +476,12 @@ impl Store {
     /// What is stored under an id, from the sidecar or, failing that, by
     /// hashing the tarball once (and rewriting the sidecar).
     pub fn lookup(&self, host: &str, episode: &str) -> Result<Existing, StoreError> {
+        if let Some(s3) = &self.s3 {
+            return match s3.lookup(host, episode).map_err(StoreError::ObjectStore)? {
+                Found::Absent => Ok(Existing::Absent),
+                Found::Present { digest, .. } => Ok(Existing::Present(digest)),
+            };
+        }
         let final_path = self.final_path(host, episode);
         match fs::symlink_metadata(&final_path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Absent),
@@ -464,6 +501,16 @@ impl Store {
 
     /// The length of a stored tarball (a `HEAD` of a finished upload).
     pub fn stored_len(&self, host: &str, episode: &str) -> Result<u64, StoreError> {
+        if let Some(s3) = &self.s3 {
+            return match s3.lookup(host, episode).map_err(StoreError::ObjectStore)? {
+                Found::Present { length, .. } => Ok(length),
+                Found::Absent => Err(StoreError::io(
+                    "looking up",
+                    Path::new(&s3.name_key(host, episode)),
+                    io::ErrorKind::NotFound.into(),
+                )),
+            };
+        }
         let final_path = self.final_path(host, episode);
         fs::metadata(&final_path)
             .map(|m| m.len())
@@ -475,6 +522,10 @@ impl Store {
     /// page cache only, and a 200 for it would be a promise a power cut can
     /// break. Also the retry point after a failed directory fsync.
     pub fn confirm(&self, host: &str) -> Result<(), StoreError> {
+        if self.s3.is_some() {
+            // What the object store reported, it had acknowledged.
+            return Ok(());
+        }
         let dir = self.root.join(host);
         sync_dir(&dir).map_err(|e| StoreError::io("syncing", &dir, e))
     }
@@ -1089,8 +1140,20 @@ impl Pending<'_> {
     /// Publishes the upload if its whole sha256 is `expected` (see the
     /// module doc for the order of steps). Afterwards the temp or partial
     /// is gone, except after a storage error that may pass (ENOSPC on the
-    /// sidecar or directory: then the partial stays, resumable).
-    pub fn commit(mut self, expected: &[u8; 32]) -> Result<Outcome, StoreError> {
+    /// sidecar or directory, the object store down: then the partial
+    /// stays, resumable).
+    pub fn commit(self, expected: &[u8; 32]) -> Result<Outcome, StoreError> {
+        self.commit_with(expected, &mut || {})
+    }
+
+    /// [`Pending::commit`], with `beat` run every second or so while an
+    /// object store takes the upload (the connection keeps its client
+    /// informed; see `receiver::conn`).
+    pub fn commit_with(
+        mut self,
+        expected: &[u8; 32],
+        beat: &mut dyn FnMut(),
+    ) -> Result<Outcome, StoreError> {
         let Some(writer) = self.writer.take() else {
             return Err(StoreError::io(
                 "committing",
@@ -1118,6 +1181,10 @@ impl Pending<'_> {
         }
         drop(file);
         fault::point("recv.after_tmp_fsync");
+        let store = self.store;
+        if let Some(s3) = &store.s3 {
+            return self.publish_to_s3(s3, &digest, len, beat);
+        }
         let sidecar = Store::sidecar_path(&self.final_path);
         // A sidecar whose tarball is gone (an operator deleted it) must not
         // describe the new tarball, even for an instant.
@@ -1148,6 +1215,42 @@ impl Pending<'_> {
         sync_dir(&self.dir).map_err(|e| StoreError::io("syncing", &self.dir, e))?;
         fault::point("recv.after_dir_fsync");
         Ok(Outcome::Stored)
+    }
+}
+
+impl Pending<'_> {
+    /// The object store's publish (`s3::store`) of the verified, fsynced
+    /// file, which is then deleted. After a failure a partial stays
+    /// (complete and verified: the shipper's next `HEAD` finds all of it
+    /// held, and an empty `PATCH` publishes it, no byte received again);
+    /// a temp goes, as always; bytes the store refused as not those
+    /// signed for (this disk changed them) go too.
+    fn publish_to_s3(
+        mut self,
+        s3: &S3Store,
+        digest: &[u8; 32],
+        len: u64,
+        beat: &mut dyn FnMut(),
+    ) -> Result<Outcome, StoreError> {
+        let file = File::open(&self.path).map_err(|e| StoreError::io("opening", &self.path, e))?;
+        let published = s3.publish(&self.host, &self.episode, &file, len, digest, beat);
+        drop(file);
+        match published {
+            Ok(p) => {
+                self.discard();
+                Ok(match p {
+                    Published::Stored => Outcome::Stored,
+                    Published::AlreadyPresent => Outcome::AlreadyPresent,
+                    Published::Conflict(theirs) => Outcome::Conflict(theirs),
+                })
+            }
+            Err(e) => {
+                if e.is_payload_mismatch() {
+                    self.discard();
+                }
+                Err(StoreError::ObjectStore(e))
+            }
+        }
     }
 }
 

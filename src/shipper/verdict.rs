@@ -14,6 +14,10 @@ pub enum Stop {
     Credentials,
     /// 503: every connection slot is taken (75).
     Busy,
+    /// 503 `unavailable`: the object store the receiver publishes to did
+    /// not take the upload (75); the receiver's operator is needed if it
+    /// lasts.
+    StoreUnavailable,
     /// 507: the receiver's store is full (75).
     OutOfSpace,
     /// No connection at all: DNS, TCP, or a handshake cut short (75).
@@ -26,7 +30,9 @@ impl Stop {
     pub fn exit_code(self) -> u8 {
         match self {
             Stop::Credentials => exit::NOPERM,
-            Stop::Busy | Stop::OutOfSpace | Stop::Unreachable => exit::TEMPFAIL,
+            Stop::Busy | Stop::StoreUnavailable | Stop::OutOfSpace | Stop::Unreachable => {
+                exit::TEMPFAIL
+            }
             Stop::Tls => exit::UNAVAILABLE,
         }
     }
@@ -36,6 +42,7 @@ impl Stop {
         match self {
             Stop::Credentials => "receiver refused our credentials",
             Stop::Busy => "receiver busy",
+            Stop::StoreUnavailable => "receiver's object store unavailable",
             Stop::OutOfSpace => "receiver out of space",
             Stop::Unreachable => "receiver unreachable",
             Stop::Tls => "TLS failed",
@@ -97,6 +104,9 @@ pub fn verdict(code: u16, reply: Option<&Reply>) -> Verdict {
         },
         400 if reply.is_some_and(|r| r.status == status::DIGEST_MISMATCH) => Verdict::Repack,
         401 | 403 => Verdict::Stop(Stop::Credentials),
+        503 if reply.is_some_and(|r| r.status == status::UNAVAILABLE) => {
+            Verdict::Stop(Stop::StoreUnavailable)
+        }
         503 => Verdict::Stop(Stop::Busy),
         507 => Verdict::Stop(Stop::OutOfSpace),
         408 => Verdict::Retry,
@@ -152,6 +162,12 @@ mod tests {
             (411, with("length_required"), Verdict::Rejected),
             (413, with("too_large"), Verdict::Rejected),
             (503, with("busy"), Verdict::Stop(Stop::Busy)),
+            (503, None, Verdict::Stop(Stop::Busy)),
+            (
+                503,
+                with("unavailable"),
+                Verdict::Stop(Stop::StoreUnavailable),
+            ),
             (507, with("no_space"), Verdict::Stop(Stop::OutOfSpace)),
             (500, with("error"), Verdict::Retry),
             (502, None, Verdict::Retry),

@@ -7,13 +7,14 @@
 //! returns early. `CIS490_REQUIRE_CEPH=1` turns that into a failure, for a
 //! machine that is meant to run these tests.
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use cis490::sigv4::Credentials;
+use cis490::http::{parse_response_head, read_head, write_request_head, Headers, Limits};
+use cis490::sigv4::{self, Credentials, Payload};
 
 use super::TempDir;
 
@@ -31,6 +32,33 @@ const EX_UNAVAILABLE: i32 = 69;
 #[allow(dead_code)]
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-rgw.sh")
+}
+
+/// How long a test's request to the gateway may stall.
+#[allow(dead_code)]
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer body a test reads.
+#[allow(dead_code)]
+const MAX_BODY: u64 = 64 * 1024 * 1024;
+
+/// An answer of the gateway, read to the end.
+#[allow(dead_code)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} {}",
+            self.status,
+            self.headers.0,
+            String::from_utf8_lossy(&self.body[..self.body.len().min(2000)])
+        )
+    }
 }
 
 /// A running gateway and what a client needs to talk to it.
@@ -199,6 +227,82 @@ impl Ceph {
         }
     }
 
+    /// One signed request on a fresh connection (`Connection: close`), its
+    /// answer read to the end: the tests' own S3 client, apart from the
+    /// receiver's. `body` is what is sent; `payload` what the signature
+    /// claims about it (normally `Payload::of(body)`).
+    #[allow(dead_code)]
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: &[u8],
+        payload: Payload,
+    ) -> Reply {
+        let host = self.host();
+        let len = body.len().to_string();
+        let mut signed: Vec<(&str, &str)> = headers.to_vec();
+        if method == "PUT" || method == "POST" {
+            signed.push(("content-length", &len));
+        }
+        let req = sigv4::Request {
+            method,
+            host: &host,
+            path,
+            query,
+            headers: &signed,
+            payload,
+        };
+        let added = sigv4::sign(&req, &self.credentials(), SystemTime::now()).expect("sign");
+        let mut all = signed.clone();
+        all.extend(added.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        all.push(("connection", "close"));
+        let head = write_request_head(method, &sigv4::target(path, query), &host, &all);
+
+        let mut s =
+            TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(&head).expect("send head");
+        s.write_all(body).expect("send body");
+        let mut buf = Vec::new();
+        let limits = Limits::default();
+        let n = read_head(&mut s, &mut buf, &limits, &mut || Ok(()))
+            .expect("read answer head")
+            .expect("an answer, not a close");
+        let resp = parse_response_head(&buf[..n], &limits).expect("parse answer head");
+        let mut rest = buf[n..].to_vec();
+        if method != "HEAD" {
+            (&mut s)
+                .take(MAX_BODY)
+                .read_to_end(&mut rest)
+                .expect("read answer body");
+        }
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else if resp.headers.has_token("transfer-encoding", "chunked") {
+            dechunk(&rest)
+        } else if let Some(cl) = resp.headers.get("content-length") {
+            let cl: usize = cl.parse().expect("numeric Content-Length");
+            assert!(
+                rest.len() >= cl,
+                "answer body cut short: {} < {cl}",
+                rest.len()
+            );
+            rest.truncate(cl);
+            rest
+        } else {
+            rest
+        };
+        Reply {
+            status: resp.status,
+            headers: resp.headers,
+            body,
+        }
+    }
+
     /// The `Host` header for requests to the gateway.
     #[allow(dead_code)]
     pub fn host(&self) -> String {
@@ -208,6 +312,37 @@ impl Ceph {
     #[allow(dead_code)]
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// An outage: SIGKILLs the gateway only (`ceph-rgw.sh gateway-stop`);
+    /// its port refuses connections once this returns.
+    #[allow(dead_code)]
+    pub fn stop_gateway(&self) {
+        self.gateway("gateway-stop");
+    }
+
+    /// Starts the gateway again on the same port, with the same users and
+    /// buckets; returns once it answers HTTP.
+    #[allow(dead_code)]
+    pub fn start_gateway(&self) {
+        self.gateway("gateway-start");
+    }
+
+    #[allow(dead_code)]
+    fn gateway(&self, command: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(command)
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ceph-rgw.sh");
+        assert!(
+            out.status.success(),
+            "ceph-rgw.sh {command}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills the cluster now (Drop does the same).
@@ -251,5 +386,26 @@ fn stop_dir(dir: &Path) {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(e) => eprintln!("cannot run ceph-rgw.sh stop: {e}"),
+    }
+}
+
+/// A chunked body (RGW sends its XML answers so), trailers ignored.
+#[allow(dead_code)]
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let line = std::str::from_utf8(&b[..eol]).expect("ASCII chunk size");
+        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+            .expect("hex chunk size");
+        b = &b[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
     }
 }
