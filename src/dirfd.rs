@@ -13,7 +13,9 @@
 //!
 //! Also `space`: `statvfs(2)` (retention and the receiver's metrics need the
 //! free space of a file system), and `advise`: `posix_fadvise(2)` (packing
-//! hints the page cache how it reads and what it no longer needs).
+//! hints the page cache how it reads and what it no longer needs) and
+//! `start_writeback`: `sync_file_range(2)` (the receiver starts writing an
+//! upload to disk while it arrives).
 //!
 //! std has no `openat` yet, so this is the crate's third audited `unsafe`
 //! module (with `signal` and the test-only `fault`): a handful of libc calls,
@@ -331,6 +333,20 @@ pub fn space(path: &Path) -> io::Result<Space> {
         total: blocks * frsize,
         available: bavail * frsize,
     })
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing back the
+/// range's dirty pages without waiting for them (no durability: that is
+/// still fsync's job). Only a hint for throughput: a failure is ignored
+/// (the fsync that follows reports any I/O error).
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a descriptor we own for the duration of the call.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 /// How a file's pages will be used, for the kernel's page cache.

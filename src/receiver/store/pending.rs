@@ -106,11 +106,28 @@ pub(super) struct Appender {
     file: File,
     hasher: Option<Sha256>,
     len: u64,
+    /// Where writeback was last started (see `WRITEBACK_EVERY`).
+    queued: u64,
 }
+
+/// How much written data may wait in the page cache before its writeback
+/// is started. The 201 needs an fsync of the whole upload; left to the
+/// end, that fsync writes all of it while the client waits (about a
+/// second per 160 MB on a VM disk, serial with the next episode). Started
+/// as the bytes arrive (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which
+/// does not wait), the disk works during the transfer and the final fsync
+/// finds little left. Durability is unchanged: it is still the fsync that
+/// makes the bytes durable before the 201.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl Appender {
     pub(super) fn new(file: File, len: u64, hasher: Option<Sha256>) -> Appender {
-        Appender { file, hasher, len }
+        Appender {
+            file,
+            hasher,
+            len,
+            queued: len,
+        }
     }
 }
 
@@ -123,6 +140,10 @@ impl Write for Appender {
             h.update(&buf[..n]);
         }
         self.len += n as u64;
+        if self.len - self.queued >= WRITEBACK_EVERY {
+            crate::dirfd::start_writeback(&self.file, self.queued, self.len - self.queued);
+            self.queued = self.len;
+        }
         Ok(n)
     }
 
@@ -267,7 +288,9 @@ impl Pending<'_> {
                 io::Error::other("already committed"),
             ));
         };
-        let Appender { file, hasher, len } = writer;
+        let Appender {
+            file, hasher, len, ..
+        } = writer;
         // A partial appended to without its prefix's hash (after an append
         // with Upload-Complete: ?0 in another run): read it all back once.
         let hasher = match hasher {
