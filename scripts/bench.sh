@@ -424,6 +424,8 @@ http {
         ssl_certificate_key $BD/pki/server.key;
         ssl_client_certificate $BD/pki/ca.crt;
         ssl_verify_client on;
+        # 1.22's default leaves TLS 1.3 out; the receiver speaks 1.3.
+        ssl_protocols TLSv1.2 TLSv1.3;
         root $N/root;
         location / {
             dav_methods PUT;
@@ -520,9 +522,15 @@ for ((k = 0; k < BENCH_PARALLEL; k++)); do
     id=${TARBALL_IDS[k % ${#TARBALL_IDS[@]}]}
     PAR_BYTES=$((PAR_BYTES + $(stat -c %s "$BD/tarballs/$id.tar.zst")))
 done
-say "checking the setup: one upload to nginx"
-code=$(curl -K "$BD/par/nginx/0.curl") || die "curl PUT to nginx failed: see $BD/logs/nginx-error.log"
-[[ $code == 201 ]] || die "nginx answered a PUT with $code, expected 201"
+say "checking the setup: one of D's uploads to each server"
+for target in nginx ours; do
+    code=$(curl -v -K "$BD/par/$target/0.curl" 2>"$BD/logs/curl-v-$target.log") ||
+        die "curl PUT to $target failed: see $BD/logs/curl-v-$target.log"
+    [[ $code == 201 ]] || die "$target answered a PUT with $code, expected 201"
+done
+tls_of() { # TARGET -> "TLSv1.3 / TLS_AES_256_GCM_SHA384", as curl -v saw it
+    sed -n 's/^\* SSL connection using //p' "$BD/logs/curl-v-$1.log" | head -1
+}
 
 # 4. Measurements.
 q() { printf '%q' "$1"; }
@@ -742,6 +750,7 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
         printf "- E under strace -c -f (one untimed pass): the shipper %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); the receiver meanwhile %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); tables in logs/strace-small*.txt\n",
             c, c / n, f, f / n, rc, rc / n, rf, rf / n
     }'
+    echo "- D: TLS as curl saw it: cis490-receiver $(tls_of ours), nginx $(tls_of nginx); nginx stores by renaming its body temp file (same file system), without fsync; the receiver fsyncs each upload"
     echo "- D: server CPU per run (user + system, from /proc): cis490-receiver $SRV_CPU_OURS s, nginx (master + workers) $SRV_CPU_NGINX s; $BENCH_PARALLEL uploads, $(mb "$PAR_BYTES") of tarballs per run"
     read -r m _ _ m_min m_max < <(hf_stat S-empty 2)
     awk -v m="$m" -v lo="$m_min" -v hi="$m_max" -v n="$((RUNS * 10))" 'BEGIN {
