@@ -95,20 +95,36 @@ wipe_store() {
     [[ ${1:-} == ours ]] || rm -rf "$BD/nginx/root/lab-01"
 }
 
-# A fresh shipper data_dir for SET: hard-linked episodes; OUTBOX=1: the
-# ready tarballs and sidecars in outbox/ as well (main set only).
+# A fresh shipper data_dir for SET: hard-linked episodes.
 reset_ship() {
-    local set=$1 with_outbox=$2 ship id
+    local set=$1 ship
     ship=$(ship_of "$set")
     rm -rf "$ship"
     mkdir -p "$ship/episodes" "$ship/outbox" "$ship/shipped"
     cp -al "$(src_of "$set")"/episodes/. "$ship/episodes/"
-    if [[ $with_outbox == 1 ]]; then
-        while read -r id; do
-            ln "$BD/tarballs/$id.tar.zst" "$ship/outbox/$id.tar.zst"
-            cp "$BD/tarballs/$id.tar.zst.sha256" "$ship/outbox/"
-        done < <(episode_ids "$set")
-    fi
+}
+
+# The data_dir for uploading ready tarballs ($BD/ship-ready): the ready
+# tarballs and sidecars in outbox/, beside the very episode trees they were
+# packed from. A sidecar records the tree's fingerprint (inodes, ctimes:
+# src/shipper/tree.rs), and the shipper repacks an episode whose tree is not
+# that one, so these trees are a copy of their own (`cp -a` at setup; a
+# hard link made later would move their ctimes), moved back from shipped/
+# by rename after each run (the top directory's ctime is not fingerprinted).
+reset_ready() {
+    local ship=$BD/ship-ready id
+    while read -r id; do
+        if [[ -d $ship/shipped/$id ]]; then
+            mv "$ship/shipped/$id" "$ship/episodes/$id"
+        fi
+        [[ -d $ship/episodes/$id ]] || die "$ship/episodes/$id is gone: rerun the whole script"
+    done < <(episode_ids)
+    rm -rf "$ship/outbox" "$ship/receipts" "$ship/state.json"
+    mkdir -p "$ship/outbox"
+    while read -r id; do
+        ln "$BD/tarballs/$id.tar.zst" "$ship/outbox/$id.tar.zst"
+        cp "$BD/tarballs/$id.tar.zst.sha256" "$ship/outbox/"
+    done < <(episode_ids)
 }
 
 # Base64 of the bytes whose lowercase hex is $1 (for Content-Digest), into
@@ -170,7 +186,7 @@ par_upload() {
 }
 
 step() {
-    local id hex rc config set=${2:-main} src
+    local id hex rc config set=${2:-main} src ship
     case $1 in
         _prep-alt)
             rm -rf "$BD/alt"
@@ -179,12 +195,12 @@ step() {
             sync
             ;;
         _prep-ship)
-            reset_ship "$set" 0
+            reset_ship "$set"
             wipe_store
             sync
             ;;
         _prep-ship-outbox)
-            reset_ship main 1
+            reset_ready
             wipe_store
             sync
             ;;
@@ -219,10 +235,11 @@ step() {
             # 100-continue, so no body is sent): every episode is packed,
             # hashed and fsynced, then counted as rejected (exit 65).
             config=${2:-$BD/shipper-pack.toml}
+            ship=${3:-$BD/ship}
             rc=0
             "$SHIPPER" --config "$config" --once 2>"$BD/logs/ours-pack.log" || rc=$?
             [[ $rc == 65 ]] || die "shipper (pack only) exited $rc, expected 65; see $BD/logs/ours-pack.log"
-            [[ $(find "$BD/ship/outbox" -name '*.tar.zst' | wc -l) == "$(episode_ids | wc -l)" ]] ||
+            [[ $(find "$ship/outbox" -name '*.tar.zst' | wc -l) == "$(episode_ids | wc -l)" ]] ||
                 die "shipper (pack only) did not leave every tarball in outbox/"
             ;;
         *) die "unknown step $1" ;;
@@ -470,21 +487,29 @@ shipper_config "$BD/ship" "$PORT_413" "upload_while_packing = false
 compression_threads = 1" >"$BD/shipper-pack-t1.toml"
 shipper_config "$BD/ship-small" "$BENCH_PORT" >"$BD/shipper-small.toml"
 shipper_config "$BD/ship" "$BENCH_PORT" "max_upload_rate = \"$RATE\"" >"$BD/shipper-rate.toml"
+shipper_config "$BD/ship-ready" "$PORT_413" "upload_while_packing = false" >"$BD/shipper-ready-pack.toml"
+shipper_config "$BD/ship-ready" "$BENCH_PORT" >"$BD/shipper-ready.toml"
+shipper_config "$BD/ship-ready" "$BENCH_PORT" "max_upload_rate = \"$RATE\"" >"$BD/shipper-ready-rate.toml"
 shipper_config "$BD/ship" "$BENCH_PORT" "max_upload_rate = \"$RATE\"
 upload_while_packing = false" >"$BD/shipper-rate-serial.toml"
 rm -rf "$BD/ship-empty"
 mkdir -p "$BD/ship-empty/episodes"
 shipper_config "$BD/ship-empty" "$BENCH_PORT" >"$BD/shipper-empty.toml"
 
-# Ready tarballs for C, D and F, made by the shipper itself (the 413 run
-# leaves them in outbox/ with their sidecars), and a first check that
-# everything works.
-say "checking the setup: one pack-only pass and one curl upload"
-bash "$SELF" _prep-ship
-bash "$SELF" _ours-pack
-rm -rf "$BD/tarballs"
-mkdir -p "$BD/tarballs"
-mv "$BD"/ship/outbox/*.tar.zst "$BD"/ship/outbox/*.tar.zst.sha256 "$BD/tarballs/"
+# Ready tarballs for C, D and F, made by the shipper itself from its own
+# copy of the episodes (the 413 run leaves them in outbox/ with their
+# sidecars; see reset_ready), and a first check that everything works.
+say "checking the setup: one pack-only pass, the shipper and curl uploading its tarballs"
+rm -rf "$BD/ship-ready" "$BD/tarballs"
+mkdir -p "$BD/ship-ready/episodes" "$BD/ship-ready/outbox" "$BD/ship-ready/shipped" "$BD/tarballs"
+cp -a "$BD/src/episodes/." "$BD/ship-ready/episodes/"
+bash "$SELF" _ours-pack "$BD/shipper-ready-pack.toml" "$BD/ship-ready"
+mv "$BD"/ship-ready/outbox/*.tar.zst "$BD"/ship-ready/outbox/*.tar.zst.sha256 "$BD/tarballs/"
+bash "$SELF" _prep-ship-outbox
+"$SHIPPER" --config "$BD/shipper-ready.toml" --once 2>"$BD/logs/ready-check.log" ||
+    die "the shipper failed to upload the ready tarballs; see $BD/logs/ready-check.log"
+! grep -E 'repacking|packed in' "$BD/logs/ready-check.log" ||
+    die "the shipper packed again instead of uploading the ready tarballs; see $BD/logs/ready-check.log"
 bash "$SELF" _prep-alt
 bash "$SELF" _alt-upload
 
@@ -576,7 +601,7 @@ ALT_BYTES=$(bytes_under "$BD/alt" '*.tar.zst')
 
 hf C-upload \
     --prepare "$S _prep-alt" -n "alt: curl -T ready tarballs" "$S _alt-upload" \
-    --prepare "$S _prep-ship-outbox" -n "ours: shipper with tarballs in outbox/" "$SHIP $(q "$BD/shipper.toml") --once"
+    --prepare "$S _prep-ship-outbox" -n "ours: shipper with tarballs in outbox/" "$SHIP $(q "$BD/shipper-ready.toml") --once"
 
 # The last C runs stored with our shipper: check the store's bytes.
 check_store() { # COUNT
@@ -643,7 +668,7 @@ strace_calls() { # FILE SYSCALL-REGEX -> calls
 
 hf F-link \
     --prepare "$S _prep-ship-outbox" -n "upload alone: shipper with tarballs in outbox/ at $RATE" \
-    "$SHIP $(q "$BD/shipper-rate.toml") --once" \
+    "$SHIP $(q "$BD/shipper-ready-rate.toml") --once" \
     --prepare "$S _prep-ship" -n "ours: --once at $RATE, upload while packing (default)" \
     "$SHIP $(q "$BD/shipper-rate.toml") --once" \
     --prepare "$S _prep-ship" -n "ours: --once at $RATE, upload_while_packing = false" \
