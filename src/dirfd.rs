@@ -12,7 +12,8 @@
 //! name (so trees deeper than `PATH_MAX` work too).
 //!
 //! Also `space`: `statvfs(2)` (retention and the receiver's metrics need the
-//! free space of a file system).
+//! free space of a file system), and `advise`: `posix_fadvise(2)` (packing
+//! hints the page cache how it reads and what it no longer needs).
 //!
 //! std has no `openat` yet, so this is the crate's third audited `unsafe`
 //! module (with `signal` and the test-only `fault`): a handful of libc calls,
@@ -330,6 +331,26 @@ pub fn space(path: &Path) -> io::Result<Space> {
         total: blocks * frsize,
         available: bavail * frsize,
     })
+}
+
+/// How a file's pages will be used, for the kernel's page cache.
+#[derive(Clone, Copy, Debug)]
+pub enum Advice {
+    /// Read once, front to back: read ahead further.
+    Sequential,
+    /// Not needed again soon: drop its clean pages now.
+    DontNeed,
+}
+
+/// `posix_fadvise` over the whole file. Only a hint: its failure changes
+/// nothing but speed, so it is ignored.
+pub fn advise(file: &File, advice: Advice) {
+    let advice = match advice {
+        Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+    };
+    // SAFETY: a descriptor we own for the duration of the call.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) };
 }
 
 #[cfg(test)]

@@ -47,6 +47,17 @@ pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
 /// caller fsyncs the directory when the rename must be durable, and picks a
 /// `tmp` name no one else uses at the same time. On error `tmp` is removed.
 pub fn write_atomically(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via(tmp, dest, bytes, true)
+}
+
+/// `write_atomically` without the file fsync, for caches whose reader
+/// rejects what a power cut can leave of an unsynced file (nothing, or
+/// zeros) and falls back to the truth.
+pub fn write_cache(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via(tmp, dest, bytes, false)
+}
+
+fn write_via(tmp: &Path, dest: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let res = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -54,7 +65,9 @@ pub fn write_atomically(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()>
             .truncate(true)
             .open(tmp)?;
         f.write_all(bytes)?;
-        sync_file(&f)?;
+        if sync {
+            sync_file(&f)?;
+        }
         fs::rename(tmp, dest)
     })();
     if res.is_err() {

@@ -316,6 +316,26 @@ mod tests {
     }
 
     #[test]
+    fn what_a_power_cut_leaves_of_a_sidecar_is_no_digest() {
+        // The receiver writes its sidecars without fsync: an unsynced file
+        // may come back empty or zero-filled, and must then be re-hashed.
+        let dir = std::env::temp_dir().join(format!("cis490-sidecar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("e.tar.zst.sha256");
+        let line = sidecar_line(&[0xab; 32], "e.tar.zst");
+        for (bytes, want) in [
+            (line.clone().into_bytes(), Some([0xab; 32])),
+            (Vec::new(), None),
+            (vec![0u8; line.len()], None),
+            (line.as_bytes()[..40].to_vec(), None),
+        ] {
+            std::fs::write(&p, &bytes).unwrap();
+            assert_eq!(read_sidecar(&p), want, "{bytes:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn sha256_file_matches_in_memory_digest() {
         let dir = temp_dir();
         // Spans several reads of the 256 KiB buffer and ends mid-buffer.

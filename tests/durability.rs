@@ -7,7 +7,10 @@
 //! Shipper:  fsync(.partial) < sidecar in place < rename(.partial, final)
 //!           < fsync(outbox/) < the upload's first socket write;
 //!           rename(episodes/id, shipped/id) < fsync(episodes/), fsync(shipped/)
-//!           < unlink(tarball).
+//!           < unlink(receipt).
+//! Shipper, streaming (upload while packing): the tarball is never fsynced
+//!           nor renamed, and there is no receipt; the moves to shipped/ are
+//!           synced once, after the last, before the pass ends.
 
 mod common;
 
@@ -123,10 +126,11 @@ fn s9_receiver_makes_an_upload_durable_before_answering_201() {
     assert!(temp_fsync < link && link < dir_fsync && dir_fsync < answer);
 }
 
-#[test]
-fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
+/// One traced `--once` pass over two episodes (`ep-a`, then `ep-b`) with
+/// `extra` config lines: the trace's lines and the data_dir.
+fn traced_pass(name: &str, extra: &str) -> (Vec<String>, String) {
     strace_available();
-    let dir = TempDir::new("dur-ship");
+    let dir = TempDir::new(name);
     let pki = TestPki::new(&dir.join("pki"));
     let r = Receiver::start(dir.path(), &ReceiverOptions::tls(&pki, &dir.join("store")));
     let id = pki.client("lab-01");
@@ -137,7 +141,7 @@ fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
         &pki.ca_file,
         Some(&id),
         TOKEN_A,
-        "",
+        extra,
     );
     for (i, ep) in ["ep-a", "ep-b"].iter().enumerate() {
         make_episode(&cfg.data_dir, ep, 200_000, i as u64, true);
@@ -171,8 +175,14 @@ fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
         .arg(&cfg.config)
         .arg("--once"));
     assert_exit(&out, 0);
-    let lines = read_trace(&trace);
-    let data = cfg.data_dir.display().to_string();
+    (read_trace(&trace), cfg.data_dir.display().to_string())
+}
+
+#[test]
+fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
+    // Pack first, then upload: the path of every retry, and of a receiver
+    // that takes no streamed upload.
+    let (lines, data) = traced_pass("dur-ship", "upload_while_packing = false\n");
     let outbox = format!("<{data}/outbox>");
     let mut from = 0;
     for ep in ["ep-a", "ep-b"] {
@@ -243,5 +253,57 @@ fn s9_shipper_packs_durably_before_uploading_and_retires_durably() {
             "{ep}: receipt deleted before the retire was durable"
         );
         from = unlink;
+    }
+}
+
+#[test]
+fn s9_a_streamed_pass_syncs_nothing_per_episode_and_its_moves_once() {
+    let (lines, data) = traced_pass("dur-stream", "");
+    let moves: Vec<usize> = ["ep-a", "ep-b"]
+        .iter()
+        .map(|ep| {
+            expect(
+                &lines,
+                0,
+                &[
+                    "rename",
+                    &format!("/episodes/{ep}\""),
+                    &format!("/shipped/{ep}\""),
+                ],
+            )
+        })
+        .collect();
+    assert!(moves[0] < moves[1], "ep-a is older, so it goes first");
+    // Streamed and held by the receiver: the local copy was never made
+    // durable, and nothing was recorded in outbox/.
+    for needles in [
+        &["fsync(", ".tar.zst.partial"][..],
+        &["rename", ".tar.zst.sha256"],
+        &["rename", ".receipt"],
+        &["fsync(", &format!("<{data}/outbox>")],
+    ] {
+        assert_eq!(
+            find(&lines, 0, needles),
+            None,
+            "a streamed pass does {needles:?}:\n{}",
+            lines.join("\n")
+        );
+    }
+    // Both moves made durable by one fsync of each directory, after the
+    // second, and none in between.
+    let synced = |d: &str| -> Vec<usize> {
+        let tag = format!("<{data}/{d}>");
+        (0..lines.len())
+            .filter(|&i| lines[i].contains("fsync(") && lines[i].contains(&tag))
+            .collect()
+    };
+    for d in ["episodes", "shipped"] {
+        let at = synced(d);
+        assert_eq!(at.len(), 1, "fsync({d}/) once per pass: {at:?}");
+        assert!(
+            at[0] > moves[1],
+            "fsync({d}/) at line {} before the last move",
+            at[0]
+        );
     }
 }

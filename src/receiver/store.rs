@@ -20,7 +20,7 @@
 //!          fsync(partial)                                      (EIO -> delete it, 500, never retried)
 //!          unlink stale <id>.tar.zst.sha256
 //!          link(partial, <id>.tar.zst)                         (EEXIST -> compare: 200 or 409)
-//!          unlink(partial); write <id>.tar.zst.sha256 via rename
+//!          unlink(partial); write <id>.tar.zst.sha256 via rename (not fsynced: a cache)
 //!          fsync(host dir)                                     -> only now 201
 //! sweep:   at start and every 10 s: partials untouched for partial_ttl_hours, over a
 //!          host's max_partial_bytes_per_host (oldest first), or of an id already
@@ -796,7 +796,12 @@ fn write_sidecar(path: &Path, digest: &[u8; 32], final_path: &Path) -> io::Resul
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    fsutil::write_atomically(&tmp, path, hashing::sidecar_line(digest, &name).as_bytes())
+    // Not fsynced (one fsync less per upload): the sidecar is a cache, and
+    // what a power cut can leave of it (nothing, or zeros) is no digest, so
+    // `read_sidecar` rejects it and `lookup` hashes the tarball. In
+    // `commit` the host directory's fsync that follows makes its name as
+    // durable as the tarball's.
+    fsutil::write_cache(&tmp, path, hashing::sidecar_line(digest, &name).as_bytes())
 }
 
 /// sha256 of a file's first `len` bytes (a resumed upload's durable prefix).

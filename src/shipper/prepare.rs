@@ -42,6 +42,10 @@ pub struct Tarball {
     pub size: u64,
     /// Set when packed in this pass: raw bytes and seconds.
     pub packed: Option<(u64, f64)>,
+    /// Whether it is in `outbox/` with its sidecar. Not when it was sent
+    /// while packed and the receiver held it: then there is no sidecar to
+    /// turn into a receipt, and the local copy is already gone.
+    pub kept: bool,
 }
 
 /// Why an episode has no tarball to upload this pass.
@@ -149,6 +153,7 @@ pub fn existing(dirs: &Dirs, id: &str) -> Result<Option<Tarball>, PrepError> {
                     record,
                     size: meta.len(),
                     packed: None,
+                    kept: true,
                 }));
             }
             warn!(
@@ -175,6 +180,7 @@ pub fn existing(dirs: &Dirs, id: &str) -> Result<Option<Tarball>, PrepError> {
                 record,
                 size,
                 packed: None,
+                kept: true,
             }));
         }
     }
@@ -279,6 +285,18 @@ impl Fresh {
     /// fsync, record, rename, fsync(outbox/): the tarball survives a crash
     /// and the next pass reuses it. A failure leaves no `.partial` behind.
     pub fn keep(self, dirs: &Dirs, id: &str) -> Result<Tarball, PrepError> {
+        self.keep_as(dirs, id, false)
+    }
+
+    /// `keep` for a tarball whose upload is over for this pass (a stream
+    /// that failed): once synced its pages are dropped from the page
+    /// cache, where they would only push out the robot's until a later
+    /// pass (the pack-first path keeps them: the upload reads them next).
+    pub fn keep_cold(self, dirs: &Dirs, id: &str) -> Result<Tarball, PrepError> {
+        self.keep_as(dirs, id, true)
+    }
+
+    fn keep_as(self, dirs: &Dirs, id: &str, cold: bool) -> Result<Tarball, PrepError> {
         let final_path = dirs.tarball(id);
         let sidecar = dirs.sidecar(id);
         let partial = &self.partial;
@@ -287,6 +305,9 @@ impl Fresh {
             e
         };
         fsutil::sync_file(&self.file).map_err(|e| cleanup(PrepError::io("syncing", partial)(e)))?;
+        if cold {
+            crate::dirfd::advise(&self.file, crate::dirfd::Advice::DontNeed);
+        }
         fault::point("pack.after_fsync");
         write_durably(&sidecar, self.record.to_text(id).as_bytes())
             .map_err(|e| cleanup(PrepError::io("writing", &sidecar)(e)))?;
@@ -301,6 +322,7 @@ impl Fresh {
             record: self.record,
             size: self.size,
             packed: Some((self.raw, self.secs)),
+            kept: true,
         })
     }
 
@@ -315,6 +337,7 @@ impl Fresh {
             record: self.record,
             size: self.size,
             packed: Some((self.raw, self.secs)),
+            kept: false,
         }
     }
 }

@@ -177,6 +177,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
         session: Session::new(ep),
         dirs,
         summary: Summary::default(),
+        unsynced_moves: false,
     };
     if let Err(e) = tidy(&pass.dirs) {
         warn!("tidying {}: {e}", pass.dirs.outbox.display());
@@ -194,6 +195,7 @@ pub fn run_once(cfg: &ShipperConfig, ep: &Endpoint) -> Result<Option<Summary>, P
             break;
         }
     }
+    pass.sync_moves();
     pass.retain();
     let before = State::read(&cfg.data_dir);
     pass.escalate(&ready, &before);
@@ -278,7 +280,13 @@ fn record(
         }),
         last_contact_unix: contact.or(before.last_contact_unix),
     };
-    if let Err(e) = state.write(&cfg.data_dir) {
+    // Escalation counts from the first pass and the last contact: those
+    // must survive a power cut. The rest is a report of the last pass, so
+    // a pass that changed neither (an empty one, every timer tick) costs
+    // no fsync; a lost report reads as none.
+    let durable = state.first_pass_unix != before.first_pass_unix
+        || state.last_contact_unix != before.last_contact_unix;
+    if let Err(e) = state.write(&cfg.data_dir, durable) {
         warn!("cannot write {}: {e}", state::path(&cfg.data_dir).display());
     }
 }
@@ -291,6 +299,9 @@ struct Pass<'a> {
     session: Session<'a>,
     dirs: Dirs,
     summary: Summary,
+    /// Episodes moved to `shipped/` without a directory fsync yet (see
+    /// `retire`): synced once, at the end of the pass.
+    unsynced_moves: bool,
 }
 
 /// What `finish` did with a confirmed episode.
@@ -304,6 +315,17 @@ enum Finished {
 }
 
 impl Pass<'_> {
+    /// Makes this pass's moves to `shipped/` durable before it reports
+    /// them. A failure loses nothing: a move a power cut undoes is packed
+    /// again and answered 200.
+    fn sync_moves(&mut self) {
+        if std::mem::take(&mut self.unsynced_moves) {
+            if let Err(e) = retire::sync_moves(&self.dirs) {
+                warn!("{e}; a power cut may bring shipped episodes back to episodes/, and the next pass ships them again (answered 200)");
+            }
+        }
+    }
+
     /// Retention, at the end of every pass (also a stopped one: a lab disk
     /// filling up does not wait for the receiver). Its failures are logged;
     /// they never fail the pass.
@@ -513,10 +535,14 @@ impl Pass<'_> {
         let (resp, secs) = (&sent.resp, sent.secs);
         match v {
             Verdict::Retire { stored } => {
-                if let Err(e) = retire::confirm(&self.dirs, id) {
-                    warn!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
-                    self.summary.retry += 1;
-                    return;
+                // Nothing to record when the tarball never reached the
+                // disk: the episode itself is what a crash would find.
+                if t.kept {
+                    if let Err(e) = retire::confirm(&self.dirs, id) {
+                        warn!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
+                        self.summary.retry += 1;
+                        return;
+                    }
                 }
                 let sizes = match t.packed {
                     // Packed and sent at once: one time for both.
@@ -655,7 +681,8 @@ impl Pass<'_> {
     /// except `Changed`, which the caller handles.
     fn finish(&mut self, id: &str, record: &Record, done: impl FnOnce() -> String) -> Finished {
         let e = match retire::retire(&self.dirs, id, record) {
-            Ok(()) => {
+            Ok(durable) => {
+                self.unsynced_moves |= !durable;
                 info!("{id}: {}", done());
                 return Finished::Retired;
             }

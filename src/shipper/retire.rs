@@ -6,9 +6,18 @@
 //!          unlink outbox/<id>.tar.zst; fsync(outbox/)
 //! retire:  episodes/<id> still the tree in the receipt?  no -> Changed
 //!          shipped/<id> exists?                           yes -> Duplicate
-//!          rename episodes/<id> -> shipped/<id>; fsync(episodes/), fsync(shipped/)
-//!          unlink receipt
+//!          rename episodes/<id> -> shipped/<id>
+//!          a receipt?  fsync(episodes/), fsync(shipped/); unlink receipt
+//!          none        (sent while packed): the pass syncs both once, at its end
 //! ```
+//! Why an episode without a receipt needs no fsync of its own: the receipt
+//! is the only thing whose deletion relies on the move being durable. An
+//! episode streamed to the receiver has none (its tarball never reached
+//! the disk), so a power cut that undoes its move only puts it back in
+//! `episodes/`: the next pass packs the same tree to the same bytes, and
+//! the receiver, which holds them, answers 428 to the stream and 200 to the
+//! digest. Nothing is lost or stored twice; one fsync of each directory per
+//! pass (`sync_moves`) makes the pass's moves durable before it reports.
 //! The receipt makes a retire that has to wait (for a human, for the next
 //! pass) cost no disk and no second upload. Nothing here ever deletes an
 //! episode directory: a second copy under one id is a human's call.
@@ -123,9 +132,14 @@ pub fn confirm(dirs: &Dirs, id: &str) -> io::Result<()> {
 /// packed (else those bytes are not this episode), and never over an
 /// existing `shipped/<id>` (a second copy is a human's call, never a
 /// silent delete).
-pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<(), RetireError> {
+///
+/// `Ok(true)`: the move is durable; `Ok(false)`: it still needs
+/// [`sync_moves`] (there was no receipt to wait for it).
+pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<bool, RetireError> {
     let from = dirs.episode(id);
     let to = dirs.shipped(id);
+    let receipt = dirs.receipt(id);
+    let has_receipt = fs::symlink_metadata(&receipt).is_ok();
     if let Some(t) = &record.tree {
         if !still_packed_tree(dirs, id, t) {
             return Err(RetireError::Changed);
@@ -136,16 +150,24 @@ pub fn retire(dirs: &Dirs, id: &str, record: &Record) -> Result<(), RetireError>
     }
     fs::rename(&from, &to).map_err(RetireError::io("moving it to shipped/:", from.clone()))?;
     fault::point("ship.after_rename");
-    sync_dir(&dirs.episodes).map_err(RetireError::io("syncing", dirs.episodes.clone()))?;
-    sync_dir(&dirs.shipped).map_err(RetireError::io("syncing", dirs.shipped.clone()))?;
+    if has_receipt {
+        sync_moves(dirs)?;
+    }
     fault::point("ship.after_dirfsync");
     note_shipped(dirs, id, record);
-    // The receipt has done its job. Not synced: if a power cut brings it
-    // back, its episode is gone from episodes/ and tidy removes it.
-    let receipt = dirs.receipt(id);
-    remove_if_exists(&receipt).map_err(RetireError::io("removing", receipt.clone()))?;
+    if has_receipt {
+        // The receipt has done its job. Not synced: if a power cut brings
+        // it back, its episode is gone from episodes/ and tidy removes it.
+        remove_if_exists(&receipt).map_err(RetireError::io("removing", receipt.clone()))?;
+    }
     fault::point("clean.after_unlink");
-    Ok(())
+    Ok(has_receipt)
+}
+
+/// Makes every move from `episodes/` to `shipped/` so far durable.
+pub fn sync_moves(dirs: &Dirs) -> Result<(), RetireError> {
+    sync_dir(&dirs.episodes).map_err(RetireError::io("syncing", dirs.episodes.clone()))?;
+    sync_dir(&dirs.shipped).map_err(RetireError::io("syncing", dirs.shipped.clone()))
 }
 
 /// Keeps `receipts/<id>`: the record with the time of the retire,

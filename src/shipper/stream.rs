@@ -102,7 +102,7 @@ pub fn stream(
     let t = if held {
         fresh.discard(dirs, id)
     } else {
-        fresh.keep(dirs, id)?
+        fresh.keep_cold(dirs, id)?
     };
     if let Ok(r) = &answer {
         if r.status == 400 && r.reply.as_ref().is_some_and(|x| x.status == DIGEST_MISSING) {
