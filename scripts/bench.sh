@@ -15,7 +15,7 @@
 #               TLS with ssl_verify_client on)
 #   E  small:   300 episodes of 64 KiB: cis490-shipper --once  vs  a loop
 #               of B's pipeline per episode; plus one untimed pass of each
-#               of shipper and receiver under `strace -c -f`
+#               of shipper and receiver under `strace -c -w -f` (wall time in syscalls)
 #   F  link:    a 100 MB/s link (the shipper's max_upload_rate): --once end
 #               to end, uploading while packing (the default)  vs  the same
 #               shipper uploading ready tarballs from outbox/ (upload time
@@ -230,6 +230,12 @@ step() {
             ;;
         _par-ours) par_upload ours ;;
         _par-nginx) par_upload nginx ;;
+        _par-nginx-sync)
+            # As durable as the receiver's answer: every file and the
+            # directory on disk (sync FILE... fsyncs each).
+            par_upload nginx
+            sync "$BD/nginx/root/lab-01"/* "$BD/nginx/root/lab-01"
+            ;;
         _ours-pack)
             # The 413 receiver refuses each upload from its head (Expect:
             # 100-continue, so no body is sent): every episode is packed,
@@ -616,10 +622,12 @@ cpu0_ours=$(proc_cpu "$RECEIVER_PID")
 cpu0_nginx=$(proc_cpu "$NGINX_PID")
 hf D-ingest \
     --prepare "$S _prep-store" -n "alt: $BENCH_PARALLEL parallel curl -T to nginx (dav_methods PUT)" "$S _par-nginx" \
+    --prepare "$S _prep-store" -n "alt: the same to nginx, then sync of the files stored" "$S _par-nginx-sync" \
     --prepare "$S _prep-store ours" -n "ours: $BENCH_PARALLEL parallel curl -T to cis490-receiver" "$S _par-ours"
-# Server CPU per run: each server only worked during its own command's runs.
+# Server CPU per run: each server only worked during its own commands' runs
+# (nginx in two commands).
 SRV_CPU_OURS=$(awk -v a="$cpu0_ours" -v b="$(proc_cpu "$RECEIVER_PID")" -v n="$RUNS" 'BEGIN {printf "%.2f", (b - a) / n}')
-SRV_CPU_NGINX=$(awk -v a="$cpu0_nginx" -v b="$(proc_cpu "$NGINX_PID")" -v n="$RUNS" 'BEGIN {printf "%.2f", (b - a) / n}')
+SRV_CPU_NGINX=$(awk -v a="$cpu0_nginx" -v b="$(proc_cpu "$NGINX_PID")" -v n="$((2 * RUNS))" 'BEGIN {printf "%.2f", (b - a) / n}')
 check_store "$BENCH_PARALLEL"
 for ((k = 0; k < BENCH_PARALLEL; k++)); do
     id=${TARBALL_IDS[k % ${#TARBALL_IDS[@]}]}
@@ -633,15 +641,15 @@ hf E-small \
     "$SHIP $(q "$BD/shipper-small.toml") --once"
 check_store "$SMALL_EPISODES"
 
-# Where E's time goes: one shipper pass under `strace -c -f` (untimed), the
+# Where E's time goes: one shipper pass under `strace -c -w -f` (untimed), the
 # receiver traced over the same pass (attached before the shipper starts:
 # strace says "attached" once it is).
-say "strace -c -f: one shipper pass over the small episodes, and the receiver meanwhile"
+say "strace -c -w -f: one shipper pass over the small episodes, and the receiver meanwhile"
 bash "$SELF" _prep-ship small
 fifo=$BD/logs/strace.fifo
 rm -f "$fifo"
 mkfifo "$fifo"
-strace -c -f -p "$RECEIVER_PID" -o "$BD/logs/strace-small-receiver.txt" 2>"$fifo" &
+strace -c -w -f -p "$RECEIVER_PID" -o "$BD/logs/strace-small-receiver.txt" 2>"$fifo" &
 STRACE_PID=$!
 PIDS+=("$STRACE_PID")
 exec {sfd}<"$fifo"
@@ -656,7 +664,7 @@ done
 [[ -n $attached ]] || die "strace did not attach to the receiver; see $BD/logs/strace-receiver.log"
 cat <&"$sfd" >>"$BD/logs/strace-receiver.log" &
 exec {sfd}<&-
-strace -c -f -o "$BD/logs/strace-small.txt" "$SHIPPER" --config "$BD/shipper-small.toml" --once \
+strace -c -w -f -o "$BD/logs/strace-small.txt" "$SHIPPER" --config "$BD/shipper-small.toml" --once \
     2>"$BD/logs/strace-small-shipper.log"
 kill -INT "$STRACE_PID"
 wait "$STRACE_PID" || true
@@ -748,7 +756,7 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     row "A'. shipper end-to-end vs tar \\| zstd -3 -T1 > f alone" B-full 3 A-pack 2
     row "B. full: shipper --once vs tar \\| zstd; openssl dgst; curl -T" B-full 3 B-full 2 "$RAW_BYTES" 0.8
     row "C. upload of ready tarballs: shipper vs curl -T" C-upload 3 C-upload 2
-    row "D. ingest, $BENCH_PARALLEL parallel curl -T: cis490-receiver vs nginx PUT" D-ingest 3 D-ingest 2 "$PAR_BYTES"
+    row "D. ingest, $BENCH_PARALLEL parallel curl -T: cis490-receiver vs nginx PUT" D-ingest 4 D-ingest 2 "$PAR_BYTES"
     row "E. $SMALL_EPISODES × $SMALL_KIB KiB: shipper --once vs a curl loop" E-small 3 E-small 2 "$SMALL_RAW_BYTES" 0.12
     row "F. $RATE link: --once uploading while packing vs upload alone" F-link 3 F-link 2 "$RAW_BYTES" 1.1
     row "F'. $RATE link: --once packing first vs upload alone" F-link 4 F-link 2
@@ -758,6 +766,7 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     header
     row "A, shipper with compression_threads = 1" A-pack 4 A-pack 2
     row "B, alternative with sha256sum in place of openssl dgst" B-full 3 B-full 4
+    row "D, receiver vs nginx followed by sync of the stored files" D-ingest 4 D-ingest 3 "$PAR_BYTES"
     row "F, upload while packing vs packing first" F-link 3 F-link 4
     echo
     awk -v full="$(mean B-full 3)" -v up="$(mean C-upload 3)" -v pk="$(mean A-pack 3)" 'BEGIN {
@@ -772,7 +781,7 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
         -v rc="$(strace_calls "$BD/logs/strace-small-receiver.txt" total)" \
         -v rf="$(strace_calls "$BD/logs/strace-small-receiver.txt" 'fsync|fdatasync')" \
         -v n="$SMALL_EPISODES" 'BEGIN {
-        printf "- E under strace -c -f (one untimed pass): the shipper %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); the receiver meanwhile %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); tables in logs/strace-small*.txt\n",
+        printf "- E under strace -c -w -f (one untimed pass): the shipper %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); the receiver meanwhile %d syscalls (%.1f per episode), %d fsync/fdatasync (%.2f per episode); tables in logs/strace-small*.txt\n",
             c, c / n, f, f / n, rc, rc / n, rf, rf / n
     }'
     echo "- D: TLS as curl saw it: cis490-receiver $(tls_of ours), nginx $(tls_of nginx); nginx stores by renaming its body temp file (same file system), without fsync; the receiver fsyncs each upload"
@@ -788,13 +797,13 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
             raw / 1e6, o / 1e6, raw / o, 100 * o / raw, a / 1e6, raw / a
     }'
     echo
-    echo "## strace -c -f, shipper, E (top 12 by time)"
+    echo "## strace -c -w -f, shipper, E (top 12 by wall time in the call)"
     echo
     echo '```'
     head -n 14 "$BD/logs/strace-small.txt"
     echo '```'
     echo
-    echo "## strace -c -f, receiver during the same pass (top 12 by time)"
+    echo "## strace -c -w -f, receiver during the same pass (top 12 by wall time in the call; accept4 and recvfrom are mostly waiting)"
     echo
     echo '```'
     head -n 14 "$BD/logs/strace-small-receiver.txt"
