@@ -684,7 +684,8 @@ hf F-link \
 check_store "$EPISODES"
 
 HF_RUNS=$((RUNS * 10)) hf S-empty --warmup 3 -N \
-    -n "cis490-shipper --once, nothing to ship" "$SHIP $(q "$BD/shipper-empty.toml") --once"
+    -n "cis490-shipper --once, nothing to ship" "$SHIP $(q "$BD/shipper-empty.toml") --once" \
+    -n "true (what starting a process costs here)" "$(q "$(command -v true)")"
 
 say "peak RSS: one end-to-end shipper run under /usr/bin/time -v, unlimited and at $RATE"
 bash "$SELF" _prep-ship
@@ -786,9 +787,11 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     }'
     echo "- D: TLS as curl saw it: cis490-receiver $(tls_of ours), nginx $(tls_of nginx); nginx stores by renaming its body temp file (same file system), without fsync; the receiver fsyncs each upload"
     echo "- D: server CPU per run (user + system, from /proc): cis490-receiver $SRV_CPU_OURS s, nginx (master + workers) $SRV_CPU_NGINX s; $BENCH_PARALLEL uploads, $(mb "$PAR_BYTES") of tarballs per run"
-    read -r m _ _ m_min m_max < <(hf_stat S-empty 2)
-    awk -v m="$m" -v lo="$m_min" -v hi="$m_max" -v n="$((RUNS * 10))" 'BEGIN {
-        printf "- empty --once (nothing to ship; %d runs): %.2f ms mean, %.2f–%.2f ms (target ≤ 2 ms: %s)\n", n, m * 1000, lo * 1000, hi * 1000, m <= 0.002 ? "met" : "**missed**"
+    read -r m _ c m_min m_max < <(hf_stat S-empty 2)
+    read -r t _ tc t_min t_max < <(hf_stat S-empty 3)
+    awk -v m="$m" -v c="$c" -v lo="$m_min" -v hi="$m_max" -v t="$t" -v tc="$tc" -v tlo="$t_min" -v thi="$t_max" -v n="$((RUNS * 10))" 'BEGIN {
+        printf "- empty --once (nothing to ship; %d runs): %.2f ms mean, %.2f–%.2f ms, CPU %.2f ms (target ≤ 2 ms: %s); /bin/true on the same machine: %.2f ms mean, %.2f–%.2f ms, CPU %.2f ms\n",
+            n, m * 1000, lo * 1000, hi * 1000, c * 1000, m <= 0.002 ? "met" : "**missed**", t * 1000, tlo * 1000, thi * 1000, tc * 1000
     }'
     echo "- shipper peak RSS (end-to-end pass over the whole data set, /usr/bin/time -v): $((RSS_KB / 1024)) MiB ($RSS_KB kB); at $RATE: $((RSS_RATE_KB / 1024)) MiB ($RSS_RATE_KB kB) (target ≤ 8 MiB: $( ((RSS_KB <= 8192 && RSS_RATE_KB <= 8192)) && echo met || echo '**missed**'))"
     echo "- receiver peak RSS after all runs (VmHWM): $RECV_HWM_KB kB"
