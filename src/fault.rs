@@ -37,6 +37,8 @@ pub const POINTS: &[&str] = &[
     "retain.after_trash",
     "recv.after_head",
     "recv.mid_body",
+    "recv.mid_chunked",
+    "recv.after_trailer",
     "recv.mid_append",
     "recv.before_offset",
     "recv.after_tmp_fsync",

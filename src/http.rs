@@ -2,9 +2,11 @@
 //! strict limits, decide a request's framing, write heads byte for byte.
 //!
 //! Shared by the receiver (parses requests) and the shipper (parses
-//! responses). In scope: `Content-Length` framing, keep-alive, `Expect:
-//! 100-continue`. Out of scope, refused rather than guessed: chunked or any
-//! `Transfer-Encoding`, obs-fold, bare CR or LF, absolute-form targets,
+//! responses). In scope: `Content-Length` framing, a chunked `PUT` (the
+//! framing decision here, the body's decoding in `chunked`), keep-alive,
+//! `Expect: 100-continue`. Out of scope, refused rather than guessed: any
+//! other `Transfer-Encoding`, chunked on other methods or with
+//! `Content-Length`, obs-fold, bare CR or LF, absolute-form targets,
 //! HTTP/2. The catalogue this is built to is ../shared/reference/bad-inputs.md
 //! (F1-F17, L1); the tests below name the entries they cover.
 //!
@@ -253,7 +255,11 @@ fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }
 
-fn parse_headers<'a>(
+/// Field lines (each without its CRLF) under the head's strict syntax: no
+/// obs-fold, no whitespace before the colon, a token for a name, a
+/// printable value; at most `limits.max_headers` of them. A head's fields,
+/// and a chunked body's trailer section (`chunked`).
+pub fn parse_fields<'a>(
     lines: impl Iterator<Item = &'a [u8]>,
     limits: &Limits,
 ) -> Result<Headers, HeadError> {
@@ -340,7 +346,7 @@ pub fn parse_request_head(head: &[u8], limits: &Limits) -> Result<RequestHead, H
         return Err(HeadError::Malformed("invalid byte in the request target"));
     }
     let version = parse_version(version)?;
-    let headers = parse_headers(lines, limits)?;
+    let headers = parse_fields(lines, limits)?;
     Ok(RequestHead {
         // Checked above: ASCII only.
         method: String::from_utf8_lossy(method).into_owned(),
@@ -371,7 +377,7 @@ pub fn parse_response_head(head: &[u8], limits: &Limits) -> Result<ResponseHead,
         return Err(HeadError::Malformed("status code out of range"));
     }
     let reason = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let headers = parse_headers(lines, limits)?;
+    let headers = parse_fields(lines, limits)?;
     Ok(ResponseHead {
         version,
         status,
@@ -384,8 +390,12 @@ pub fn parse_response_head(head: &[u8], limits: &Limits) -> Result<ResponseHead,
 /// or the status that refuses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFraming {
-    /// `None`: no Content-Length (a body-less request, or a PUT that earns 411).
+    /// `None`: no Content-Length (a body-less request, a chunked `PUT`, or
+    /// a request that earns 411).
     pub content_length: Option<u64>,
+    /// `Transfer-Encoding: chunked` (a `PUT` over HTTP/1.1 only): the body
+    /// is decoded by `chunked`, its length known once it has ended.
+    pub chunked: bool,
     pub keep_alive: bool,
     pub expect_continue: bool,
 }
@@ -405,9 +415,18 @@ const fn refuse(status: u16, message: &'static str) -> Refusal {
 /// Decides framing from a parsed request head. Strict by design: our only
 /// legitimate peers are our own shipper and curl (bad-inputs.md F1-F6, F12,
 /// L8), so every ambiguity is refused rather than resolved.
+///
+/// `Transfer-Encoding` is accepted in exactly one form: the single value
+/// `chunked` (lower case, as our shipper and curl send it), on a `PUT`,
+/// over HTTP/1.1, without `Content-Length`. With `Content-Length` → 400
+/// (RFC 9112 §6.1: the classic smuggling shape); on HTTP/1.0, repeated or
+/// malformed → 400; chunked on another method → 411 (only an upload that
+/// is packed while it is sent needs it); any other coding or list
+/// (`gzip`, `chunked, identity`, `Chunked`) → 501.
 pub fn request_framing(h: &RequestHead) -> Result<RequestFraming, Refusal> {
     let hs = &h.headers;
-    if hs.count("transfer-encoding") > 0 {
+    let chunked = hs.count("transfer-encoding") > 0;
+    if chunked {
         if hs.count("content-length") > 0 {
             return Err(refuse(
                 400,
@@ -418,16 +437,21 @@ pub fn request_framing(h: &RequestHead) -> Result<RequestFraming, Refusal> {
             return Err(refuse(400, "malformed Transfer-Encoding"));
         }
         let te = hs.get("transfer-encoding").unwrap_or_default();
-        return Err(if te == "chunked" {
-            refuse(411, "chunked bodies are not accepted: send Content-Length")
+        if te == "chunked" {
+            if h.method != "PUT" {
+                return Err(refuse(
+                    411,
+                    "chunked bodies are accepted on PUT only: send Content-Length",
+                ));
+            }
         } else if te.is_empty() || !te.bytes().all(|c| is_tchar(c) || c == b',' || c == b' ') {
-            refuse(400, "malformed Transfer-Encoding")
+            return Err(refuse(400, "malformed Transfer-Encoding"));
         } else {
-            refuse(
+            return Err(refuse(
                 501,
-                "Transfer-Encoding is not supported: send Content-Length",
-            )
-        });
+                "Transfer-Encoding other than chunked is not supported: send Content-Length",
+            ));
+        }
     }
     let content_length = match hs.count("content-length") {
         0 => None,
@@ -459,6 +483,7 @@ pub fn request_framing(h: &RequestHead) -> Result<RequestFraming, Refusal> {
     let keep_alive = h.version == Version::Http11 && !hs.has_token("connection", "close");
     Ok(RequestFraming {
         content_length,
+        chunked,
         keep_alive,
         expect_continue,
     })
@@ -492,6 +517,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        428 => "Precondition Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -556,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn f1_f2_transfer_encoding_is_refused() {
+    fn f1_f2_transfer_encoding_chunked_put_only() {
         assert_eq!(
             framing(&format!(
                 "{PUT}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -569,10 +595,15 @@ mod tests {
             )),
             Err(400)
         );
-        assert_eq!(
-            framing(&format!("{PUT}Transfer-Encoding: chunked\r\n\r\n")),
-            Err(411)
-        );
+        // A chunked PUT over HTTP/1.1 is framed by its chunks (upload while
+        // packing); chunked on any other method is still 411.
+        let f = framing(&format!("{PUT}Transfer-Encoding: chunked\r\n\r\n")).unwrap();
+        assert!(f.chunked && f.content_length.is_none() && f.keep_alive);
+        for method in ["PATCH", "POST", "HEAD", "GET"] {
+            let head =
+                format!("{PUT}Transfer-Encoding: chunked\r\n\r\n").replacen("PUT", method, 1);
+            assert_eq!(framing(&head), Err(411), "{method}");
+        }
         for te in [
             "gzip",
             "identity",
@@ -598,9 +629,34 @@ mod tests {
             Err(400)
         );
         // ` chunked`: leading OWS is trimmed by the parser, then it is chunked.
+        assert!(
+            framing(&format!("{PUT}Transfer-Encoding:  chunked\r\n\r\n"))
+                .unwrap()
+                .chunked
+        );
+        // The rest of the head's rules still apply to a chunked PUT.
+        let chunked = format!("{PUT}Transfer-Encoding: chunked\r\n");
         assert_eq!(
-            framing(&format!("{PUT}Transfer-Encoding:  chunked\r\n\r\n")),
-            Err(411)
+            framing("PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400),
+            "no Host"
+        );
+        assert_eq!(
+            framing(&format!(
+                "{chunked}Content-Digest: a\r\nContent-Digest: a\r\n\r\n"
+            )),
+            Err(400)
+        );
+        assert_eq!(framing(&format!("{chunked}Expect: foo\r\n\r\n")), Err(417));
+        let f = framing(&format!(
+            "{chunked}Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        ))
+        .unwrap();
+        assert!(f.chunked && f.expect_continue && !f.keep_alive);
+        assert!(
+            !framing(&format!("{PUT}Content-Length: 3\r\n\r\n"))
+                .unwrap()
+                .chunked
         );
     }
 

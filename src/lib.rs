@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod chunked;
 pub mod config;
 pub mod dirfd;
 pub mod exit;

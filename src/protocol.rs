@@ -7,6 +7,8 @@
 //! POST /v1/ping                              -> 200 {"status":"ok","host_id",..}
 //! PUT   /v1/episodes/{host_id}/{episode_id}  -> 201 stored | 200 present
 //!                                               | 409 conflict | 4xx/5xx
+//!       (chunked, digest in the trailer)     -> as PUT | 428 digest_required
+//!                                               | 400 digest_missing
 //! HEAD  /v1/episodes/{host_id}/{episode_id}  -> 204 (Upload-Offset) | 200 ?1 | 409
 //! PATCH /v1/episodes/{host_id}/{episode_id}  -> 204 (Upload-Offset) | as PUT
 //! ```
@@ -331,6 +333,10 @@ pub enum Status {
     BadRequest,
     /// 400 `digest_mismatch`: the body's sha256 is not its `Content-Digest`.
     DigestMismatch,
+    /// 400 `digest_missing`: a streamed (chunked) `PUT` ended with no
+    /// `Content-Digest` in its head or trailer; a keyed upload's bytes are
+    /// kept for an empty completing `PATCH`.
+    DigestMissing,
     /// 401 `unauthorized`: no token, another scheme, an unknown token.
     Unauthorized,
     /// 403 `forbidden`: certificate of another host, or another host's path.
@@ -343,7 +349,8 @@ pub enum Status {
     Timeout,
     /// 409 `conflict`: other bytes are stored under this id.
     Conflict,
-    /// 411 `length_required`: no `Content-Length`, or a chunked body.
+    /// 411 `length_required`: no `Content-Length` (a `PATCH`, or a `PUT`
+    /// that is not chunked), or a chunked body on a method other than `PUT`.
     LengthRequired,
     /// 413 `too_large`: over `max_body_bytes`.
     TooLarge,
@@ -372,11 +379,15 @@ pub enum Status {
     /// 204 (no body): an upload's offset (`HEAD`), or an append that did
     /// not complete it (`PATCH` with `Upload-Complete: ?0`).
     Partial,
+    /// 428 `digest_required`: a streamed `PUT` without a digest in its head,
+    /// for an id already stored: say the digest first (decided from the
+    /// head, nothing read).
+    DigestRequired,
 }
 
 impl Status {
     /// Every answer, for counting them (`receiver::report`).
-    pub const ALL: [Status; 24] = [
+    pub const ALL: [Status; 26] = [
         Status::Ok,
         Status::Present,
         Status::Stored,
@@ -401,6 +412,8 @@ impl Status {
         Status::UploadInProgress,
         Status::OffsetMismatch,
         Status::Partial,
+        Status::DigestMissing,
+        Status::DigestRequired,
     ];
 
     /// Its place in `ALL`.
@@ -415,7 +428,7 @@ impl Status {
         match self {
             Status::Ok | Status::Present => 200,
             Status::Stored => 201,
-            Status::BadRequest | Status::DigestMismatch => 400,
+            Status::BadRequest | Status::DigestMismatch | Status::DigestMissing => 400,
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
@@ -424,6 +437,7 @@ impl Status {
             Status::Conflict | Status::UploadInProgress | Status::OffsetMismatch => 409,
             Status::Partial => 204,
             Status::LengthRequired => 411,
+            Status::DigestRequired => 428,
             Status::TooLarge => 413,
             Status::UriTooLong => 414,
             Status::ExpectationFailed => 417,
@@ -449,6 +463,8 @@ impl Status {
             | Status::NotImplemented
             | Status::VersionNotSupported => "bad_request",
             Status::DigestMismatch => "digest_mismatch",
+            Status::DigestMissing => "digest_missing",
+            Status::DigestRequired => "digest_required",
             Status::Unauthorized => "unauthorized",
             Status::Forbidden => "forbidden",
             Status::NotFound => "not_found",
@@ -502,6 +518,8 @@ pub mod status {
     pub const DIGEST_MISMATCH: &str = Status::DigestMismatch.word();
     pub const UPLOAD_IN_PROGRESS: &str = Status::UploadInProgress.word();
     pub const OFFSET_MISMATCH: &str = Status::OffsetMismatch.word();
+    pub const DIGEST_MISSING: &str = Status::DigestMissing.word();
+    pub const DIGEST_REQUIRED: &str = Status::DigestRequired.word();
 }
 
 /// Resumable uploads (docs/transport.md, "Resumable uploads"): the header
@@ -521,6 +539,34 @@ pub mod resumable {
     /// opposed to `Content-Digest`, the digest of this request's content.
     /// Which upload a `HEAD` or `PATCH` continues is (host, id, this).
     pub const REPR_DIGEST: &str = "Repr-Digest";
+    /// 128 random bits, 32 lowercase hex digits, naming the upload (its
+    /// partial) while its digest is not known yet: a streamed `PUT`, and
+    /// the `HEAD` and `PATCH` that resume it (docs/transport.md, "Upload
+    /// while packing").
+    pub const UPLOAD_KEY: &str = "Upload-Key";
+
+    /// An `Upload-Key`: exactly 32 lowercase hex digits (no sign, no
+    /// whitespace inside, no upper case: one spelling per key, since it
+    /// becomes part of a file name).
+    pub fn parse_upload_key(v: &str) -> Result<[u8; 16], &'static str> {
+        let v = v.trim_matches([' ', '\t']).as_bytes();
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut key = [0u8; 16];
+        if v.len() != 32 {
+            return Err("must be 32 lowercase hex digits");
+        }
+        for (i, pair) in v.chunks(2).enumerate() {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(hi), Some(lo)) => key[i] = hi << 4 | lo,
+                _ => return Err("must be 32 lowercase hex digits"),
+            }
+        }
+        Ok(key)
+    }
 
     /// The sha-256 member of a `Repr-Digest` (the digest of the whole
     /// tarball; the same dictionary syntax as `Content-Digest`), or the
@@ -560,13 +606,11 @@ pub mod resumable {
         }
     }
 
-    /// Names the partial of a streamed upload while its digest is not
-    /// known yet (docs/transport.md, "Upload while packing").
-    pub const UPLOAD_KEY: &str = "Upload-Key";
-
-    /// An `Upload-Key`: exactly 32 lowercase hex digits (128 bits).
+    /// Whether `v` is an `Upload-Key` exactly as sent and recorded (the
+    /// shipper's sidecar `key` line): [`parse_upload_key`] without the
+    /// optional whitespace a field value may carry around it.
     pub fn is_upload_key(v: &str) -> bool {
-        v.len() == 32 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        v.len() == 32 && parse_upload_key(v).is_ok()
     }
 }
 
@@ -597,7 +641,23 @@ mod tests {
             assert!(parse_complete(bad).is_err(), "{bad:?}");
         }
         assert_eq!(complete(true), "?1");
+        let key = "3f9c0a6e1b7d4c25a8e0f1d2c3b4a596";
+        let parsed = parse_upload_key(key).unwrap();
+        assert_eq!(crate::hashing::to_hex(&parsed), key);
+        assert_eq!(parse_upload_key(&format!(" {key} ")), Ok(parsed));
+        for bad in [
+            "",
+            &key[..31],
+            &format!("{key}0"),
+            &key.to_uppercase(),
+            &key.replacen('3', "g", 1),
+            &key.replacen('3', "-", 1),
+            &format!("{} {}", &key[..16], &key[16..]),
+        ] {
+            assert!(parse_upload_key(bad).is_err(), "{bad:?}");
+        }
         assert!(is_upload_key("0123456789abcdef0123456789abcdef"));
+        assert!(!is_upload_key(&format!(" {}", &key[1..])), "no whitespace");
         for bad in [
             "",
             "0123456789ABCDEF0123456789abcdef",
@@ -745,6 +805,7 @@ mod tests {
             (Status::LengthRequired, 411, "length_required"), (Status::TooLarge, 413, "too_large"),
             (Status::Busy, 503, "busy"), (Status::NoSpace, 507, "no_space"),
             (Status::Error, 500, "error"), (Status::Ok, 200, "ok"),
+            (Status::DigestMissing, 400, "digest_missing"), (Status::DigestRequired, 428, "digest_required"),
         ];
         for (s, code, word) in table {
             assert_eq!((s.code(), s.word()), (code, word), "{s:?}");

@@ -169,9 +169,15 @@ impl World {
                 continue; // an upload in flight, or a crash's leftover
             }
             if let Some(rest) = name.strip_prefix(".partial-") {
-                let (id, hex) = rest.rsplit_once('.').unwrap_or_default();
+                // `<id>.<sha256 hex>`, or `<id>.k<key hex>` for a stream
+                // whose digest was not known when it began.
+                let (id, suffix) = rest.rsplit_once('.').unwrap_or_default();
+                let named = match suffix.strip_prefix('k') {
+                    Some(key) => key.len() == 32,
+                    None => suffix.len() == 64,
+                };
                 assert!(
-                    IDS.contains(&id) && hex.len() == 64,
+                    IDS.contains(&id) && named,
                     "{case}: I3: unexpected partial {name}"
                 );
                 continue;
@@ -500,6 +506,10 @@ fn reached(p: &str, mode: Mode) -> bool {
         "pack.after_dirfsync",
         "up.mid_body",
         "up.after_body",
+        // A streamed episode the receiver holds has nothing to record in
+        // outbox/ (docs/transport.md, "Upload while packing").
+        "ship.after_receipt",
+        "ship.after_confirm",
     ];
     match mode {
         Mode::Stream => !pack_first_only.contains(&p),
@@ -554,7 +564,11 @@ fn receiver_crash(point: &str, nth: usize, mode: Mode) {
     );
     let unpublished = matches!(
         point,
-        "recv.after_head" | "recv.mid_body" | "recv.after_tmp_fsync"
+        "recv.after_head"
+            | "recv.mid_body"
+            | "recv.mid_chunked"
+            | "recv.after_trailer"
+            | "recv.after_tmp_fsync"
     );
     if published {
         assert!(held.contains(victim), "{spec}: {victim} was published");
@@ -623,12 +637,18 @@ fn receiver_crash_points_converge() {
         .copied()
         .filter(|p| p.starts_with("recv.") && !RESUME_POINTS.contains(p))
         .collect();
-    assert!(points.len() >= 6, "receiver points: {points:?}");
+    assert!(points.len() >= 8, "receiver points: {points:?}");
+    for p in &points {
+        assert!(
+            recv_reached(p, Mode::Stream) || recv_reached(p, Mode::PackFirst),
+            "{p} is reached in no mode"
+        );
+    }
     // Each with a streamed (chunked) upload and a packed-first one (its
-    // length known).
+    // length known), wherever the point lies on that path.
     let mut cases: Vec<Case> = Vec::new();
     for mode in [Mode::Stream, Mode::PackFirst] {
-        for &p in &points {
+        for &p in points.iter().filter(|p| recv_reached(p, mode)) {
             cases.push((
                 format!("recv {p} {mode:?}"),
                 Box::new(move || receiver_crash(p, 1, mode)),
@@ -637,16 +657,29 @@ fn receiver_crash_points_converge() {
         // The second upload, on a kept-alive connection.
         for p in [
             "recv.mid_body",
+            "recv.mid_chunked",
             "recv.after_publish",
             "recv.before_response",
         ] {
-            cases.push((
-                format!("recv {p}@2 {mode:?}"),
-                Box::new(move || receiver_crash(p, 2, mode)),
-            ));
+            if recv_reached(p, mode) {
+                cases.push((
+                    format!("recv {p}@2 {mode:?}"),
+                    Box::new(move || receiver_crash(p, 2, mode)),
+                ));
+            }
         }
     }
     run_cases(cases);
+}
+
+/// Whether the receiver passes crash point `p` in a clean pass of `mode`:
+/// a streamed upload is a chunked `PUT` (never a body of known length),
+/// a packed-first one never is.
+fn recv_reached(p: &str, mode: Mode) -> bool {
+    match mode {
+        Mode::Stream => p != "recv.mid_body",
+        Mode::PackFirst => !STREAM_POINTS.contains(&p),
+    }
 }
 
 /// S5: ENOSPC while the receiver writes the body -> 507, no temp, nothing
@@ -1108,6 +1141,97 @@ fn receiver_crash_points_inside_a_resume_converge() {
     let cases: Vec<Case> = RESUME_POINTS
         .iter()
         .map(|&p| -> Case { (format!("resume {p}"), Box::new(move || resume_crash(p))) })
+        .collect();
+    run_cases(cases);
+}
+
+/// Crash points reached only by a chunked `PUT` (in the harness above in
+/// `Mode::Stream`; below with a raw one, cut and resumed by hand).
+const STREAM_POINTS: [&str; 2] = ["recv.mid_chunked", "recv.after_trailer"];
+
+/// The receiver killed inside a streamed (chunked) `PUT` under an
+/// `Upload-Key`: no final; a restarted receiver reports, by the key, an
+/// offset no further than the bytes sent, and a `PATCH` by the key from
+/// there (an empty one when the whole body was in) publishes exactly the
+/// upload's bytes.
+fn stream_crash(point: &str) {
+    use common::raw::*;
+    let dir = TempDir::new(&case_name("recv-stream-crash", point));
+    let whole = noise(3 << 20, 98);
+    let key = upload_key(98);
+    let host_dir = dir.join("store/lab-01");
+    let partials = || -> Vec<String> {
+        names(&host_dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".partial-"))
+            .collect()
+    };
+    let mut r = plain_receiver(&dir, &[("CIS490_CRASH_AT", point)]);
+    let head = stream_head("e", &format!("Upload-Key: {key}\r\n"));
+    let mut req = head.into_bytes();
+    // The trailer carries the digest: at `recv.after_trailer` the receiver
+    // knew everything it needed to publish, and did not.
+    req.extend_from_slice(&chunked(&whole, &[1 << 20], &digest_line(&whole)));
+    let resp = exchange(r.http.unwrap(), &req);
+    assert!(resp.is_empty(), "{point}: answered {resp}");
+    killed_at(&mut r, point);
+    assert!(
+        !host_dir.join("e.tar.zst").exists(),
+        "{point}: a final before the upload was published"
+    );
+    let keyed = format!(".partial-e.k{key}");
+    assert_eq!(partials(), std::slice::from_ref(&keyed), "{point}");
+    let on_disk = fs::metadata(host_dir.join(&keyed)).unwrap().len() as usize;
+    match point {
+        // Killed once the first chunk's data was in the file.
+        "recv.mid_chunked" => assert!(on_disk >= 1 << 20, "{point}: {on_disk}"),
+        "recv.after_trailer" => assert_eq!(on_disk, whole.len(), "{point}"),
+        _ => unreachable!("{point}"),
+    }
+
+    let r = plain_receiver(&dir, &[]);
+    let key_line = format!("Upload-Key: {key}");
+    let resp = exchange(
+        r.http.unwrap(),
+        with_field(&head_req("e", &whole), &key_line).as_bytes(),
+    );
+    assert_eq!(status_of(&resp), 204, "{point}: {resp}");
+    let off = offset_of(&resp);
+    assert_eq!(off, on_disk, "{point}: the offset is what is on disk");
+    let mut patch = patch_head(
+        "e",
+        &whole,
+        off,
+        whole.len() - off,
+        &format!("{key_line}\r\n"),
+    )
+    .into_bytes();
+    patch.extend_from_slice(&whole[off..]);
+    let resp = exchange(r.http.unwrap(), &patch);
+    assert_eq!(status_of(&resp), 201, "{point}: {resp}");
+    assert_eq!(
+        fs::read(host_dir.join("e.tar.zst")).unwrap(),
+        whole,
+        "{point}: stored bytes"
+    );
+    assert_eq!(
+        sidecar_hex(&host_dir.join("e.tar.zst.sha256")),
+        Some(hex_of(&whole))
+    );
+    assert!(partials().is_empty(), "{point}: {:?}", partials());
+}
+
+#[test]
+fn receiver_crash_points_inside_a_stream_converge() {
+    for p in STREAM_POINTS {
+        assert!(
+            cis490::fault::POINTS.contains(&p),
+            "{p} is not a crash point"
+        );
+    }
+    let cases: Vec<Case> = STREAM_POINTS
+        .iter()
+        .map(|&p| -> Case { (format!("stream {p}"), Box::new(move || stream_crash(p))) })
         .collect();
     run_cases(cases);
 }

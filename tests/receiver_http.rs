@@ -158,7 +158,17 @@ fn framing_and_syntax_refusals() {
             put("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"),
             400,
         ), // F1
-        (put("Transfer-Encoding: chunked\r\n"), 411), // F2
+        // F2: chunked frames a PUT (upload while packing, tests/stream_recv.rs),
+        // strictly: a size line that is not hex is refused; chunked on
+        // another method is 411.
+        (
+            put("Transfer-Encoding: chunked\r\n").replace("\r\n\r\nabc", "\r\n\r\nxyz\r\n"),
+            400,
+        ),
+        (
+            format!("POST /v1/ping HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            411,
+        ),
         (put("Transfer-Encoding: gzip\r\n"), 501),    // F2
         (put("Content-Length: 3\r\nContent-Length: 3\r\n"), 400), // F4
         (put("Content-Length: +3\r\n"), 400),         // F5
@@ -456,9 +466,20 @@ fn f14_one_byte_writes_give_the_same_answers() {
             200,
         ),
         (
-            "PUT /v1/episodes/lab-01/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST /v1/ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                 .to_owned(),
             411,
+        ),
+        // A chunked PUT, its digest in the trailer: sizes, CRLFs and the
+        // trailer split at every byte.
+        (
+            format!(
+                "PUT /v1/episodes/lab-01/chunked HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                 2;x=y\r\nab\r\n1\r\nc\r\n0\r\nContent-Digest: {}\r\n\r\n",
+                digest_header(b"abc")
+            ),
+            201,
         ),
     ] {
         let mut s = TcpStream::connect(p.addr()).unwrap();

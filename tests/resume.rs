@@ -49,19 +49,31 @@ fn a_cut_upload_resumes_and_sends_less_than_half_again() {
 #[test]
 #[cfg(feature = "fault-injection")]
 fn a_receiver_killed_mid_upload_still_lets_the_next_pass_resume() {
-    let mut lab = Lab::build("resume-kill")
-        .receiver_env("CIS490_CRASH_AT", "recv.mid_body")
-        .start();
-    lab.incompressible("ep-1", 40_000_000, 2);
-    let out = lab.once();
-    assert_exit(&out, 75);
-    lab.receiver().wait_log("CRASHPOINT recv.mid_body");
-    lab.restart_receiver(&[]);
-    let out = lab.once();
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("ep-1: resumed at "), "{err}");
-    lab.assert_stored_is_shipped("ep-1");
+    // Sent while packing (a chunked PUT, its partial named by its key) and
+    // packed first (a PUT of known length, its partial named by its digest).
+    for (name, point, extra) in [
+        ("resume-kill", "recv.mid_chunked", ""),
+        (
+            "resume-kill-packfirst",
+            "recv.mid_body",
+            "upload_while_packing = false\n",
+        ),
+    ] {
+        let mut lab = Lab::build(name)
+            .shipper_extra(extra)
+            .receiver_env("CIS490_CRASH_AT", point)
+            .start();
+        lab.incompressible("ep-1", 40_000_000, 2);
+        let out = lab.once();
+        assert_exit(&out, 75);
+        lab.receiver().wait_log(&format!("CRASHPOINT {point}"));
+        lab.restart_receiver(&[]);
+        let out = lab.once();
+        assert_exit(&out, 0);
+        let err = stderr(&out);
+        assert!(err.contains("ep-1: resumed at "), "{point}: {err}");
+        lab.assert_stored_is_shipped("ep-1");
+    }
 }
 
 #[test]

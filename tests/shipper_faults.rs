@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cis490::chunked::{ChunkedReader, Limits as ChunkLimits};
 use cis490::http::{self, Limits};
 use common::episodes::make_episode;
 use common::*;
@@ -35,8 +36,23 @@ fn read_request(s: &mut Tls, leftover: Vec<u8>) -> Option<Seen> {
     })
 }
 
-/// Reads the body announced by the head (after the leftover bytes).
+/// Reads the body announced by the head (after the leftover bytes): of
+/// `Content-Length`, or chunked (a tarball sent while it is packed),
+/// decoded by the receiver's own decoder up to its trailer.
 fn read_body(s: &mut Tls, seen: &Seen) -> Vec<u8> {
+    if seen.head.headers.has_token("transfer-encoding", "chunked") {
+        let wire = std::io::BufReader::new(std::io::Cursor::new(seen.leftover.clone()).chain(s));
+        let mut body = Vec::new();
+        let mut decoder = ChunkedReader::new(wire, ChunkLimits::default());
+        decoder.read_to_end(&mut body).unwrap();
+        assert!(
+            decoder
+                .trailer()
+                .is_some_and(|t| t.get("content-digest").is_some()),
+            "a streamed body ends with its digest"
+        );
+        return body;
+    }
     let len: usize = seen
         .head
         .headers

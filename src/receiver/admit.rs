@@ -1,11 +1,14 @@
 //! Request admission: what a request earns from its head alone, before a
 //! body byte is read or `100 Continue` is sent. Pure steps, in the order of
-//! docs/transport.md ("Upload", "Resumable uploads"): [`request`] decides
-//! framing, route, credentials and identity, length and the digest and
-//! upload fields; [`against_store`] (and [`probe_against_store`] for a
-//! `HEAD`) decides from what the store holds under the id; for an append,
-//! [`against_partial`] decides from the upload's durable offset. Each is a
-//! table over plain data, tested case by case below.
+//! docs/transport.md ("Upload", "Resumable uploads", "Upload while
+//! packing"): [`request`] decides framing, route, credentials and
+//! identity, length and the digest and upload fields; [`against_store`]
+//! (and [`probe_against_store`] for a `HEAD`, [`stream_against_store`] for
+//! a chunked `PUT`) decides from what the store holds under the id; for an
+//! append, [`against_partial`] decides from the upload's durable offset;
+//! for a chunked `PUT` whose body has ended, [`streamed_digest`] decides
+//! from its trailer. Each is a table over plain data, tested case by case
+//! below.
 //!
 //! Why two steps around the store lookup rather than one function fed the
 //! lookup's result: the lookup is I/O on a path built from the request, and
@@ -27,6 +30,11 @@ use crate::protocol::{self, resumable, Route, RouteError, Status};
 use crate::receiver::answer::Answer;
 use crate::receiver::store::Existing;
 use crate::tls;
+
+/// A sha256, as the digest fields carry it.
+pub type Sha256 = [u8; 32];
+/// An `Upload-Key`'s 128 bits.
+pub type UploadKey = [u8; 16];
 
 /// What the decision needs besides the head: this server's configuration
 /// and this connection's certificate.
@@ -90,6 +98,8 @@ pub enum Admitted<'a> {
         keep_alive: bool,
     },
     Put(Put),
+    /// A chunked `PUT`: an upload sent while it is packed.
+    Streamed(Streamed),
     /// `HEAD`: how much of an upload is held.
     Probe(Probe),
     /// `PATCH`: bytes appended to an upload.
@@ -106,6 +116,24 @@ pub struct Put {
     pub length: u64,
     /// The announced sha256 (`Content-Digest`).
     pub digest: [u8; 32],
+    /// `Upload-Key`: the body goes to the partial it names (so that a
+    /// client that holds a key for this upload resumes it by the key).
+    pub key: Option<[u8; 16]>,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// A chunked `PUT` whose head passed: an upload of unknown length, its
+/// digest in the head or, later, in the trailer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Streamed {
+    pub host: String,
+    pub episode: String,
+    /// `Content-Digest` in the head (a client that knows it already).
+    pub digest: Option<[u8; 32]>,
+    /// `Upload-Key`: names the partial; without one the body goes to a
+    /// private temp (not resumable).
+    pub key: Option<[u8; 16]>,
     pub keep_alive: bool,
     pub expect_continue: bool,
 }
@@ -117,6 +145,8 @@ pub struct Probe {
     pub episode: String,
     /// `Repr-Digest`: which upload of the episode.
     pub digest: [u8; 32],
+    /// `Upload-Key`: the partial to report is the one it names.
+    pub key: Option<[u8; 16]>,
     pub keep_alive: bool,
 }
 
@@ -127,6 +157,8 @@ pub struct Append {
     pub episode: String,
     /// `Repr-Digest`: the whole tarball's sha256.
     pub digest: [u8; 32],
+    /// `Upload-Key`: the partial to append to is the one it names.
+    pub key: Option<[u8; 16]>,
     /// `Upload-Offset`: where these bytes go.
     pub offset: u64,
     /// `Content-Length`: 0 to `max_body_bytes`, `offset` + it too.
@@ -185,11 +217,12 @@ pub fn request<'a>(head: &RequestHead, facts: &Facts<'a>) -> Verdict<'a> {
         Route::Offset {
             host_id,
             episode_id,
-        } => probe(head, &framing).map(|digest| {
+        } => probe(head, &framing).map(|(digest, key)| {
             Admitted::Probe(Probe {
                 host: host_id,
                 episode: episode_id,
                 digest,
+                key,
                 keep_alive: framing.keep_alive,
             })
         }),
@@ -206,12 +239,26 @@ pub fn request<'a>(head: &RequestHead, facts: &Facts<'a>) -> Verdict<'a> {
         Route::Episode {
             host_id,
             episode_id,
-        } => upload(head, &framing, facts.max_body_bytes).map(|(length, digest)| {
+        } if framing.chunked => streamed(head).map(|(digest, key)| {
+            Admitted::Streamed(Streamed {
+                host: host_id,
+                episode: episode_id,
+                digest,
+                key,
+                keep_alive: framing.keep_alive,
+                expect_continue: framing.expect_continue,
+            })
+        }),
+        Route::Episode {
+            host_id,
+            episode_id,
+        } => upload(head, &framing, facts.max_body_bytes).map(|(length, digest, key)| {
             Admitted::Put(Put {
                 host: host_id,
                 episode: episode_id,
                 length,
                 digest,
+                key,
                 keep_alive: framing.keep_alive,
                 expect_continue: framing.expect_continue,
             })
@@ -241,12 +288,12 @@ fn route_refused(e: RouteError) -> Answer {
     }
 }
 
-/// An upload's length, then its announced digest.
+/// An upload's length, then its announced digest, then its key if any.
 fn upload(
     head: &RequestHead,
     framing: &RequestFraming,
     max_body_bytes: u64,
-) -> Result<(u64, [u8; 32]), Answer> {
+) -> Result<(u64, Sha256, Option<UploadKey>), Answer> {
     let length = match framing.content_length {
         None => return Err(Answer::new(Status::LengthRequired).with_message("send Content-Length")),
         // No tar.zst is empty; an empty PUT is a client bug.
@@ -262,7 +309,28 @@ fn upload(
         None => Err(bad("missing Content-Digest: sha-256=:<base64>:")),
         Some(v) => protocol::parse_content_digest(v).map_err(bad),
     }?;
-    Ok((length, digest))
+    Ok((length, digest, upload_key(head)?))
+}
+
+/// A chunked `PUT`: the digest if the head has it (malformed: 400), and
+/// the key if any. Its length is decided as it streams (`max_body_bytes`
+/// on the decoded bytes, an empty body at its end).
+fn streamed(head: &RequestHead) -> Result<(Option<Sha256>, Option<UploadKey>), Answer> {
+    let digest = match head.headers.get("content-digest") {
+        None => None,
+        Some(v) => Some(protocol::parse_content_digest(v).map_err(bad)?),
+    };
+    Ok((digest, upload_key(head)?))
+}
+
+/// `Upload-Key`, if present: exactly 32 lowercase hex digits, once.
+fn upload_key(head: &RequestHead) -> Result<Option<[u8; 16]>, Answer> {
+    match single(head, resumable::UPLOAD_KEY)? {
+        None => Ok(None),
+        Some(v) => resumable::parse_upload_key(v)
+            .map(Some)
+            .map_err(|why| bad(&format!("{} {why}", resumable::UPLOAD_KEY))),
+    }
 }
 
 /// The one value of a field that may appear once, if present; a repeated
@@ -286,12 +354,16 @@ fn repr_digest(head: &RequestHead) -> Result<[u8; 32], Answer> {
     }
 }
 
-/// A `HEAD`: no body, and the digest of the upload it asks about.
-fn probe(head: &RequestHead, framing: &RequestFraming) -> Result<[u8; 32], Answer> {
+/// A `HEAD`: no body, the digest of the upload it asks about, and the key
+/// that names its partial, if any.
+fn probe(
+    head: &RequestHead,
+    framing: &RequestFraming,
+) -> Result<([u8; 32], Option<[u8; 16]>), Answer> {
     if framing.content_length.unwrap_or(0) != 0 {
         return Err(bad("HEAD takes no body"));
     }
-    repr_digest(head)
+    Ok((repr_digest(head)?, upload_key(head)?))
 }
 
 /// A `PATCH`: its length, media type, digest and upload fields, each
@@ -358,6 +430,7 @@ fn append(
         host: String::new(),
         episode: String::new(),
         digest,
+        key: upload_key(head)?,
         offset,
         length,
         complete,
@@ -473,6 +546,46 @@ pub enum ProbeStep {
     Offset,
 }
 
+/// A chunked `PUT` against what the store holds: as a `PUT` when the head
+/// has the digest; without one, an id already stored is **428**: the body
+/// is not read (it could only end as 200 or 409, known now to a client
+/// that says its digest first).
+pub fn stream_against_store(put: &Streamed, found: Existing) -> AfterLookup {
+    match (put.digest, found) {
+        (Some(d), found) => against_stored(&d, found),
+        (None, Existing::Absent) => AfterLookup::ReadBody,
+        (None, Existing::Present(_)) => AfterLookup::Answer(Answer::digest_required()),
+    }
+}
+
+/// A chunked `PUT` whose body of `length` decoded bytes has ended: its
+/// digest, from the head or the trailer's `Content-Digest` (the one
+/// trailer field read; others are ignored). An empty body, a digest in
+/// both, a repeated or malformed one, is a 400. `None`: no digest anywhere
+/// (`digest_missing`).
+pub fn streamed_digest(
+    head: Option<[u8; 32]>,
+    trailer: &http::Headers,
+    length: u64,
+) -> Result<Option<[u8; 32]>, Answer> {
+    if length == 0 {
+        // As for PUT: no tar.zst is empty.
+        return Err(bad("empty body: an episode tarball is never empty"));
+    }
+    match (trailer.count("content-digest"), head) {
+        (0, head) => Ok(head),
+        (1, Some(_)) => Err(bad(
+            "Content-Digest in the head and again in the trailer: send it once",
+        )),
+        (1, None) => {
+            protocol::parse_content_digest(trailer.get("content-digest").unwrap_or_default())
+                .map(Some)
+                .map_err(|why| bad(&format!("trailer: {why}")))
+        }
+        _ => Err(bad("Content-Digest repeated in the trailer")),
+    }
+}
+
 pub fn probe_against_store(probe: &Probe, found: Existing) -> ProbeStep {
     match found {
         Existing::Absent => ProbeStep::Offset,
@@ -581,6 +694,7 @@ mod tests {
                 episode: "ep-1".into(),
                 length: 3,
                 digest: DIGEST,
+                key: None,
                 keep_alive: true,
                 expect_continue: false,
             }))
@@ -615,8 +729,6 @@ mod tests {
             // Framing, before anything else (even before auth).
             ("TE with CL", put(|h| h.replace("Host: x\r\n", "Host: x\r\nTransfer-Encoding: chunked\r\n")),
                 (400, "bad_request", None, n)),
-            ("chunked", put(|h| h.replace("Content-Length: 3", "Transfer-Encoding: chunked")),
-                (411, "length_required", None, n)),
             ("another coding", put(|h| h.replace("Content-Length: 3", "Transfer-Encoding: gzip")),
                 (501, "bad_request", None, n)),
             ("duplicate CL", put(|h| h.replace("Content-Length: 3", "Content-Length: 3\r\nContent-Length: 3")),
@@ -624,8 +736,8 @@ mod tests {
             ("no Host", put(|h| h.replace("Host: x\r\n", "")), (400, "bad_request", None, n)),
             ("expectation", put(|h| h.replace("Host: x\r\n", "Host: x\r\nExpect: foo\r\n")),
                 (417, "bad_request", None, n)),
-            ("no token and chunked: framing first", put(|h| h.replace(&ab, "").replace("Content-Length: 3", "Transfer-Encoding: chunked")),
-                (411, "length_required", None, n)),
+            ("no token and TE with CL: framing first", put(|h| h.replace(&ab, "").replace("Host: x\r\n", "Host: x\r\nTransfer-Encoding: chunked\r\n")),
+                (400, "bad_request", None, n)),
             // Route, before auth: a bad path never reaches a token check.
             ("bad path", put(|h| h.replace("ep-1", "%2e%2e").replace(&ab, "")), (400, "bad_request", None, n)),
             ("not found", put(|h| h.replace("/v1/episodes/lab-01/ep-1", "/v2/x")), (404, "not_found", None, n)),
@@ -744,6 +856,7 @@ mod tests {
             episode: "e".into(),
             length: 3,
             digest: DIGEST,
+            key: None,
             keep_alive: true,
             expect_continue: true,
         };
@@ -792,6 +905,7 @@ mod tests {
             host: "lab-01".into(),
             episode: "ep-1".into(),
             digest: DIGEST,
+            key: None,
             offset: 5,
             length: 3,
             complete: true,
@@ -812,6 +926,7 @@ mod tests {
                 host: "lab-01".into(),
                 episode: "ep-1".into(),
                 digest: DIGEST,
+                key: None,
                 keep_alive: true,
             }))
         );
@@ -949,6 +1064,7 @@ mod tests {
             host: "lab-01".into(),
             episode: "e".into(),
             digest: DIGEST,
+            key: None,
             keep_alive: true,
         };
         assert_eq!(probe_against_store(&p, Existing::Absent), ProbeStep::Offset);
@@ -980,7 +1096,8 @@ mod tests {
     /// refuses with (head errors: `answer`'s `head_errors_keep_their_code`).
     #[test]
     fn every_framing_refusal_keeps_its_code() {
-        let base = "PUT /v1/episodes/a/b HTTP/1.1\r\nHost: x\r\n";
+        // A PATCH: chunked is 411 there (on a PUT it frames an upload).
+        let base = "PATCH /v1/episodes/a/b HTTP/1.1\r\nHost: x\r\n";
         for extra in [
             "Transfer-Encoding: chunked\r\n",
             "Transfer-Encoding: gzip\r\n",
@@ -991,6 +1108,212 @@ mod tests {
         ] {
             let r = http::request_framing(&head(&format!("{base}{extra}\r\n"))).unwrap_err();
             assert_eq!(Status::refusing(r.status).code(), r.status, "{extra}");
+        }
+    }
+
+    const KEY: &str = "3f9c0a6e1b7d4c25a8e0f1d2c3b4a596";
+
+    /// A chunked PUT for lab-01 with token A, no digest, no key, then
+    /// `edit`ed.
+    fn chunked(edit: impl Fn(String) -> String) -> RequestHead {
+        let h = format!(
+            "PUT /v1/episodes/lab-01/ep-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: Content-Digest\r\nExpect: 100-continue\r\n\r\n"
+        );
+        head(&edit(h))
+    }
+
+    fn streamed(digest: Option<[u8; 32]>, key: Option<[u8; 16]>) -> Streamed {
+        Streamed {
+            host: "lab-01".into(),
+            episode: "ep-1".into(),
+            digest,
+            key,
+            keep_alive: true,
+            expect_continue: true,
+        }
+    }
+
+    /// docs/transport.md, "Upload while packing": what a chunked PUT earns
+    /// from its head.
+    #[test]
+    fn a_chunked_put_from_its_head() {
+        let hosts = hosts();
+        let f = facts(&hosts, CertCheck::TokenOnly);
+        let key = resumable::parse_upload_key(KEY).unwrap();
+        let with_key = format!("Host: x\r\nUpload-Key: {KEY}\r\n");
+        let digest = format!(
+            "Host: x\r\nContent-Digest: {}\r\n",
+            protocol::content_digest(&DIGEST)
+        );
+        #[rustfmt::skip]
+        let admitted: Vec<(&str, RequestHead, Streamed)> = vec![
+            ("digest to come in the trailer", chunked(|h| h), streamed(None, None)),
+            ("with a key", chunked(|h| h.replace("Host: x\r\n", &with_key)), streamed(None, Some(key))),
+            ("digest in the head", chunked(|h| h.replace("Host: x\r\n", &digest)), streamed(Some(DIGEST), None)),
+            ("both", chunked(|h| h.replace("Host: x\r\n", &format!("{with_key}{}", &digest[9..]))),
+                streamed(Some(DIGEST), Some(key))),
+        ];
+        for (what, head, want) in admitted {
+            let v = request(&head, &f);
+            assert_eq!(v.decision, Ok(Admitted::Streamed(want)), "{what}");
+        }
+        let (n, h) = (Who::Nobody, Who::Host("*"));
+        #[rustfmt::skip]
+        let table: Vec<(&str, RequestHead, Refused)> = vec![
+            ("chunked and Content-Length", chunked(|r| r.replace("Host: x\r\n", "Host: x\r\nContent-Length: 3\r\n")),
+                (400, "bad_request", None, n)),
+            ("gzip", chunked(|r| r.replace("chunked", "gzip")), (501, "bad_request", None, n)),
+            ("HTTP/1.0", chunked(|r| r.replace("HTTP/1.1", "HTTP/1.0")), (400, "bad_request", None, n)),
+            ("no token", chunked(|r| r.replace(&format!("Authorization: Bearer {TOKEN_A}\r\n"), "")),
+                (401, "unauthorized", Some(("WWW-Authenticate", "Bearer")), n)),
+            ("another host's path", chunked(|r| r.replace("lab-01", "HostB")), (403, "forbidden", None, h)),
+            ("a malformed head digest", chunked(|r| r.replace("Host: x\r\n", "Host: x\r\nContent-Digest: sha-256=AAAA\r\n")),
+                (400, "bad_request", None, h)),
+            ("a short key", chunked(|r| r.replace("Host: x\r\n", &format!("Host: x\r\nUpload-Key: {}\r\n", &KEY[1..]))),
+                (400, "bad_request", None, h)),
+            ("an upper-case key", chunked(|r| r.replace("Host: x\r\n", &format!("Host: x\r\nUpload-Key: {}\r\n", KEY.to_uppercase()))),
+                (400, "bad_request", None, h)),
+            ("two keys", chunked(|r| r.replace("Host: x\r\n", &format!("Host: x\r\nUpload-Key: {KEY}\r\nUpload-Key: {KEY}\r\n"))),
+                (400, "bad_request", None, h)),
+        ];
+        for (what, head, want) in table {
+            let v = request(&head, &f);
+            assert_eq!(refused(&v), want, "{what}: {v:?}");
+        }
+    }
+
+    /// `Upload-Key` on the other requests of an episode: parsed the same
+    /// way; it names the partial they work on.
+    #[test]
+    fn an_upload_key_on_put_head_and_patch() {
+        let hosts = hosts();
+        let f = facts(&hosts, CertCheck::TokenOnly);
+        let key = resumable::parse_upload_key(KEY).unwrap();
+        let add = |h: String, k: &str| {
+            h.replace("Host: x\r\n", &format!("Host: x\r\nUpload-Key: {k}\r\n"))
+        };
+        let Ok(Admitted::Put(p)) = request(&put(|h| add(h, KEY)), &f).decision else {
+            panic!("PUT")
+        };
+        assert_eq!(p.key, Some(key));
+        let Ok(Admitted::Probe(p)) = request(&head_request(|h| add(h, KEY)), &f).decision else {
+            panic!("HEAD")
+        };
+        assert_eq!(p.key, Some(key));
+        let Ok(Admitted::Append(a)) = request(&patch(|h| add(h, KEY)), &f).decision else {
+            panic!("PATCH")
+        };
+        assert_eq!(a.key, Some(key));
+        for head in [
+            put(|h| add(h, "nope")),
+            head_request(|h| add(h, "nope")),
+            patch(|h| add(h, "nope")),
+        ] {
+            let v = request(&head, &f);
+            assert_eq!(refused(&v), (400, "bad_request", None, Who::Host("*")));
+        }
+    }
+
+    #[test]
+    fn a_chunked_put_against_the_store() {
+        let table = [
+            (None, Existing::Absent, "read"),
+            (None, Existing::Present(DIGEST), "428"),
+            (None, Existing::Present([8; 32]), "428"),
+            (Some(DIGEST), Existing::Absent, "read"),
+            (Some(DIGEST), Existing::Present(DIGEST), "200"),
+            (Some(DIGEST), Existing::Present([8; 32]), "409"),
+        ];
+        for (digest, found, want) in table {
+            let got = match stream_against_store(&streamed(digest, None), found) {
+                AfterLookup::ReadBody => "read",
+                AfterLookup::ConfirmThen(a) => {
+                    assert_eq!(a.status(), Status::Present);
+                    "200"
+                }
+                AfterLookup::Answer(a) => match a.status() {
+                    Status::DigestRequired => {
+                        assert_eq!(a.status().code(), 428);
+                        assert_eq!(a.reply().status, "digest_required");
+                        "428"
+                    }
+                    Status::Conflict => "409",
+                    s => panic!("{s:?}"),
+                },
+            };
+            assert_eq!(got, want, "{digest:?} {found:?}");
+        }
+    }
+
+    #[test]
+    fn the_digest_of_a_streamed_body_from_head_or_trailer() {
+        let d = protocol::content_digest(&DIGEST);
+        let fields = |lines: &[&str]| {
+            http::Headers(
+                lines
+                    .iter()
+                    .map(|l| {
+                        let (n, v) = l.split_once(": ").unwrap();
+                        (n.to_owned(), v.to_owned())
+                    })
+                    .collect(),
+            )
+        };
+        let cd = format!("Content-Digest: {d}");
+        let other = format!("Content-Digest: {}", protocol::content_digest(&[8; 32]));
+        let lower = cd.replace("Content-Digest", "content-digest");
+        #[rustfmt::skip]
+        type Row<'a> = (&'a str, Option<Sha256>, Vec<&'a str>, Result<Option<Sha256>, ()>);
+        let table: Vec<Row> = vec![
+            ("in the trailer", None, vec![&cd], Ok(Some(DIGEST))),
+            (
+                "in the trailer, other fields ignored",
+                None,
+                vec!["X-Other: 1", &cd, "Repr-Digest: x"],
+                Ok(Some(DIGEST)),
+            ),
+            (
+                "field names in any case",
+                None,
+                vec![&lower],
+                Ok(Some(DIGEST)),
+            ),
+            (
+                "in the head",
+                Some(DIGEST),
+                vec!["X-Other: 1"],
+                Ok(Some(DIGEST)),
+            ),
+            ("nowhere", None, vec![], Ok(None)),
+            ("in both, even equal", Some(DIGEST), vec![&cd], Err(())),
+            ("twice in the trailer", None, vec![&cd, &other], Err(())),
+            (
+                "malformed in the trailer",
+                None,
+                vec!["Content-Digest: sha-256=AAAA"],
+                Err(()),
+            ),
+            (
+                "another algorithm only",
+                None,
+                vec!["Content-Digest: sha-512=:AAAA:"],
+                Err(()),
+            ),
+        ];
+        let empty = streamed_digest(Some(DIGEST), &fields(&[]), 0).unwrap_err();
+        assert_eq!(empty.status(), Status::BadRequest, "no tar.zst is empty");
+        for (what, head, trailer, want) in table {
+            let got = streamed_digest(head, &fields(&trailer), 3);
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w, "{what}"),
+                (Err(a), Err(())) => assert_eq!(
+                    (a.status().code(), a.reply().status.as_str()),
+                    (400, "bad_request"),
+                    "{what}"
+                ),
+                _ => panic!("{what}: {got:?}"),
+            }
         }
     }
 }

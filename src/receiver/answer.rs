@@ -199,6 +199,35 @@ impl Answer {
         }
     }
 
+    /// A streamed `PUT` without a digest in its head, for an id already
+    /// stored: nothing is read; the client says the digest first (and
+    /// learns 200 or 409 from the head alone).
+    pub fn digest_required() -> Answer {
+        Answer::new(Status::DigestRequired).with_message(
+            "this id is already stored: send Content-Digest in the head (not only in the trailer)",
+        )
+    }
+
+    /// A streamed `PUT` that ended with no digest in its head or trailer
+    /// (a proxy may have dropped the trailer). `kept`: its bytes are held
+    /// as the partial its `Upload-Key` names, for an empty completing
+    /// `PATCH`.
+    pub fn digest_missing(kept: Option<u64>) -> Answer {
+        let a = Answer::new(Status::DigestMissing);
+        match kept {
+            Some(n) => a
+                .with_message(format!(
+                    "no Content-Digest in the head or the trailer; the {n} bytes are kept: \
+                     complete the upload with PATCH, Upload-Key, Repr-Digest, \
+                     Upload-Offset: {n}, Upload-Complete: ?1"
+                ))
+                .with_header(resumable::UPLOAD_OFFSET, n.to_string()),
+            None => a.with_message(
+                "no Content-Digest in the head or the trailer, and no Upload-Key: nothing kept",
+            ),
+        }
+    }
+
     /// Every connection slot is taken.
     pub fn busy() -> Answer {
         Answer::new(Status::Busy)

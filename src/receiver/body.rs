@@ -1,17 +1,26 @@
 //! A request body as a `Read`: exactly `Content-Length` bytes, first those
-//! that arrived with the head, then the connection's; and, when it ends
-//! early, which way it failed ([`Cut`]). Also the rule for `100 Continue`.
+//! that arrived with the head, then the connection's ([`BodyReader`]); or a
+//! chunked body's raw bytes, buffered for the decoder (`chunked`) that
+//! finds its end ([`Wire`], [`copy_chunked`]); and, when either ends early,
+//! which way it failed ([`Cut`]). Also the rule for `100 Continue`.
 //!
 //! The deadlines themselves are armed on the socket (`deadline`, by
-//! `conn`); this adapter only tells, after a `TimedOut`, whether the whole
+//! `conn`); these adapters only tell, after a `TimedOut`, whether the whole
 //! body deadline had passed (too slow) or one read waited its
-//! `body_timeout_s` for nothing (stalled). Hashing is not done here: the
-//! store's `HashingWriter` hashes exactly the bytes that reach the temp
-//! file, so the digest that is compared is that of what would be published.
+//! `body_timeout_s` for nothing (stalled). A chunked body has no length to
+//! derive a deadline from, so [`copy_chunked`] lets `conn` re-arm it from
+//! the decoded bytes before every read. Hashing is not done here: the
+//! store's `Appender` hashes exactly the bytes that reach the file, so the
+//! digest that is compared is that of what would be published.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
+use crate::chunked::{ChunkError, ChunkedReader};
 use crate::fault;
+
+/// How much of a chunked body [`Wire`] reads ahead for the decoder's lines
+/// (its data is read straight into the caller's buffer when none is held).
+const WIRE_BUF: usize = 64 * 1024;
 
 /// A connection that knows whether the deadline armed on it has passed.
 pub trait Deadlined: Read {
@@ -97,30 +106,45 @@ impl<'a, R: Deadlined> BodyReader<'a, R> {
             self.received += n as u64;
             return Ok(n);
         }
-        loop {
-            // Asked before the read: a read that fails because the whole
-            // deadline had already passed means bytes kept coming, but
-            // too slowly; otherwise the read itself waited for nothing.
-            let too_slow = self.conn.expired();
-            match self.conn.read(&mut buf[..want]) {
-                Ok(0) => return Err(Cut::Closed),
-                Ok(n) => {
-                    self.received += n as u64;
-                    // Halfway through the bytes that come from the wire
-                    // (a body that came whole with its head never waits).
-                    if !self.halfway && self.length - self.received <= self.length / 2 {
-                        self.halfway = true;
-                        fault::point(self.halfway_point);
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    return Err(if too_slow { Cut::TooSlow } else { Cut::Stalled })
-                }
-                Err(e) => return Err(Cut::Failed(e)),
-            }
+        let n = read_conn(self.conn, &mut buf[..want])?;
+        self.received += n as u64;
+        // Halfway through the bytes that come from the wire (a body that
+        // came whole with its head never waits).
+        if !self.halfway && self.length - self.received <= self.length / 2 {
+            self.halfway = true;
+            fault::point(self.halfway_point);
         }
+        Ok(n)
+    }
+}
+
+/// One read from the connection, its failure typed.
+fn read_conn<R: Deadlined>(conn: &mut R, buf: &mut [u8]) -> Result<usize, Cut> {
+    loop {
+        // Asked before the read: a read that fails because the whole
+        // deadline had already passed means bytes kept coming, but too
+        // slowly; otherwise the read itself waited for nothing.
+        let too_slow = conn.expired();
+        match conn.read(buf) {
+            Ok(0) => return Err(Cut::Closed),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(if too_slow { Cut::TooSlow } else { Cut::Stalled })
+            }
+            Err(e) => return Err(Cut::Failed(e)),
+        }
+    }
+}
+
+/// A cut as the `io::Error` a `Read` returns: `UnexpectedEof` (closed
+/// early) or `TimedOut` (stalled, too slow), or the connection's own.
+fn cut_error(cut: &Cut) -> io::Error {
+    match cut {
+        Cut::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, "client closed mid-body"),
+        Cut::Stalled => io::Error::new(io::ErrorKind::TimedOut, "body stalled"),
+        Cut::TooSlow => io::Error::new(io::ErrorKind::TimedOut, "body too slow"),
+        Cut::Failed(e) => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -130,17 +154,93 @@ impl<R: Deadlined> Read for BodyReader<'_, R> {
     /// which.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_body(buf).map_err(|cut| {
-            let e = match &cut {
-                Cut::Closed => {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "client closed mid-body")
-                }
-                Cut::Stalled => io::Error::new(io::ErrorKind::TimedOut, "body stalled"),
-                Cut::TooSlow => io::Error::new(io::ErrorKind::TimedOut, "body too slow"),
-                Cut::Failed(e) => io::Error::new(e.kind(), e.to_string()),
-            };
+            let e = cut_error(&cut);
             self.cut = Some(cut);
             e
         })
+    }
+}
+
+/// A chunked body's bytes as they come: those that arrived with the head,
+/// then the connection's, as a `BufRead` for the decoder, which reads its
+/// lines through `fill_buf` and never consumes a byte past the body's end.
+/// A connection that fails is typed as for [`BodyReader`] ([`Wire::take_cut`]).
+/// Dropped, it leaves in `early` exactly the bytes not consumed: a
+/// pipelined request's, for the next head.
+pub struct Wire<'a, R: Deadlined> {
+    /// Its first `pos` bytes are consumed.
+    early: &'a mut Vec<u8>,
+    pos: usize,
+    conn: &'a mut R,
+    cut: Option<Cut>,
+}
+
+impl<'a, R: Deadlined> Wire<'a, R> {
+    pub fn new(early: &'a mut Vec<u8>, conn: &'a mut R) -> Wire<'a, R> {
+        Wire {
+            early,
+            pos: 0,
+            conn,
+            cut: None,
+        }
+    }
+
+    /// The connection (to arm its deadline).
+    pub fn conn(&mut self) -> &mut R {
+        self.conn
+    }
+
+    /// Why the connection failed, once it has.
+    pub fn take_cut(&mut self) -> Option<Cut> {
+        self.cut.take()
+    }
+
+    fn failed(&mut self, cut: Cut) -> io::Error {
+        let e = cut_error(&cut);
+        self.cut = Some(cut);
+        e
+    }
+}
+
+impl<R: Deadlined> Read for Wire<'_, R> {
+    /// What is buffered first; else straight from the connection into
+    /// `buf` (a chunk's data is not copied twice).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.early.len() {
+            let n = buf.len().min(self.early.len() - self.pos);
+            buf[..n].copy_from_slice(&self.early[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        read_conn(self.conn, buf).map_err(|cut| self.failed(cut))
+    }
+}
+
+impl<R: Deadlined> BufRead for Wire<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.early.len() {
+            self.early.clear();
+            self.pos = 0;
+            self.early.resize(WIRE_BUF, 0);
+            match read_conn(self.conn, &mut self.early[..]) {
+                Ok(n) => self.early.truncate(n),
+                Err(cut) => {
+                    self.early.clear();
+                    return Err(self.failed(cut));
+                }
+            }
+        }
+        Ok(&self.early[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.early.len());
+    }
+}
+
+impl<R: Deadlined> Drop for Wire<'_, R> {
+    fn drop(&mut self) {
+        self.early.drain(..self.pos);
     }
 }
 
@@ -151,6 +251,8 @@ pub enum CopyError {
     Read(Cut),
     /// Writing into the sink (the store's temp file).
     Write(io::Error),
+    /// A chunked body's framing is malformed (or over `max_body_bytes`).
+    Framing(ChunkError),
 }
 
 /// Copies the whole body into `sink`, `crate::IO_CHUNK` at a time; stops
@@ -167,6 +269,42 @@ pub fn copy<R: Deadlined, W: Write>(
             Err(cut) => return Err(CopyError::Read(cut)),
         };
         sink.write_all(&chunk[..n]).map_err(CopyError::Write)?;
+    }
+}
+
+/// Copies a chunked body's decoded bytes into `sink` until its last chunk
+/// and trailer have been read (then `body.trailer()` holds the fields);
+/// stops at the first failure of either side. `before_read` runs before
+/// every read with the connection and the bytes decoded so far: `conn`
+/// arms the body's deadline from them there. Crash point
+/// `recv.mid_chunked`: once the first chunk's data is in the sink.
+pub fn copy_chunked<R: Deadlined, W: Write>(
+    body: &mut ChunkedReader<Wire<'_, R>>,
+    sink: &mut W,
+    before_read: &mut dyn FnMut(&mut R, u64),
+) -> Result<(), CopyError> {
+    let mut chunk = vec![0u8; crate::IO_CHUNK];
+    let mut first_chunk_in = false;
+    loop {
+        let decoded = body.decoded();
+        before_read(body.get_mut().conn(), decoded);
+        let n = match body.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) => {
+                let fault = body.error().cloned();
+                return Err(match (fault, body.get_mut().take_cut()) {
+                    (Some(fault), _) => CopyError::Framing(fault),
+                    (None, Some(cut)) => CopyError::Read(cut),
+                    (None, None) => CopyError::Read(Cut::Failed(e)),
+                });
+            }
+        };
+        sink.write_all(&chunk[..n]).map_err(CopyError::Write)?;
+        if !first_chunk_in && body.at_chunk_end() {
+            first_chunk_in = true;
+            fault::point("recv.mid_chunked");
+        }
     }
 }
 
@@ -331,5 +469,138 @@ mod tests {
         assert!(sends_continue(true, b""));
         assert!(!sends_continue(true, b"body bytes already here"));
         assert!(!sends_continue(false, b""));
+    }
+
+    fn decoder<'a>(
+        early: &'a mut Vec<u8>,
+        conn: &'a mut Script,
+        max: u64,
+    ) -> ChunkedReader<Wire<'a, Script>> {
+        let limits = crate::chunked::Limits {
+            max_body_bytes: max,
+            ..crate::chunked::Limits::default()
+        };
+        ChunkedReader::new(Wire::new(early, conn), limits)
+    }
+
+    #[test]
+    fn a_chunked_body_early_bytes_first_and_what_follows_stays() {
+        // The head's read took the first chunk and part of the second.
+        let mut early = b"3\r\nabc\r\n4\r\nde".to_vec();
+        let mut conn = Script::new(vec![
+            Ok(b"fg\r\n0\r\nContent-Digest: x\r\n".to_vec()),
+            Ok(b"\r\nGET /next HTTP/1.1\r\n".to_vec()),
+            Ok(b"never read".to_vec()),
+        ]);
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        {
+            let mut body = decoder(&mut early, &mut conn, u64::MAX);
+            copy_chunked(&mut body, &mut out, &mut |_, decoded| seen.push(decoded)).unwrap();
+            assert_eq!(body.trailer().unwrap().get("content-digest"), Some("x"));
+            assert_eq!(body.decoded(), 7);
+        }
+        assert_eq!(out, b"abcdefg");
+        assert_eq!(early, b"GET /next HTTP/1.1\r\n", "a pipelined head stays");
+        assert_eq!(conn.steps.len(), 1, "nothing read past the body");
+        assert_eq!(seen.first(), Some(&0));
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&7), "asked before the read that ended it");
+    }
+
+    #[test]
+    fn a_chunked_body_says_how_it_ended_early() {
+        use crate::chunked::ChunkError;
+        // (what, early, reads, expired from read #, max, outcome)
+        #[rustfmt::skip]
+        type Case = (&'static str, &'static [u8], Steps, usize, u64, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "EOF in the data",
+                b"5\r\nab",
+                vec![],
+                usize::MAX,
+                100,
+                "Read(Closed",
+            ),
+            (
+                "EOF in a size line",
+                b"5\r\nabcde\r\n1",
+                vec![],
+                usize::MAX,
+                100,
+                "Read(Closed",
+            ),
+            (
+                "EOF before the trailer ends",
+                b"1\r\na\r\n0\r\nX: 1\r\n",
+                vec![],
+                usize::MAX,
+                100,
+                "Read(Closed",
+            ),
+            (
+                "a read times out",
+                b"5\r\nab",
+                vec![Err(timed_out())],
+                usize::MAX,
+                100,
+                "Read(Stalled",
+            ),
+            (
+                "the deadline passed",
+                b"5\r\nab",
+                vec![Ok(b"c".to_vec()), Err(timed_out())],
+                1,
+                100,
+                "Read(TooSlow",
+            ),
+            (
+                "a malformed size",
+                b"5x\r\nabcde\r\n0\r\n\r\n",
+                vec![],
+                usize::MAX,
+                100,
+                "Framing(BadSize",
+            ),
+            (
+                "no CRLF after data",
+                b"1\r\nab",
+                vec![],
+                usize::MAX,
+                100,
+                "Framing(MissingCrlf",
+            ),
+            (
+                "over max_body_bytes",
+                b"5\r\nabcde\r\n6\r\n",
+                vec![],
+                usize::MAX,
+                10,
+                "Framing(TooLarge(10",
+            ),
+        ];
+        for (what, early, steps, expired_from, max, want) in cases {
+            let mut early = early.to_vec();
+            let mut conn = Script::new(steps);
+            conn.expired_from = expired_from;
+            let mut body = decoder(&mut early, &mut conn, max);
+            let err = copy_chunked(&mut body, &mut Vec::new(), &mut |_, _| {}).unwrap_err();
+            let got = format!("{err:?}");
+            assert!(got.starts_with(want), "{what}: {got}");
+        }
+        let _ = ChunkError::MissingCrlf;
+    }
+
+    #[test]
+    fn a_chunked_body_one_byte_per_read() {
+        let wire = b"a;x=1\r\n0123456789\r\n2\r\nab\r\n0\r\nT: v\r\n\r\n";
+        let mut early = Vec::new();
+        let mut conn = Script::new(wire.iter().map(|b| Ok(vec![*b])).collect());
+        let mut out = Vec::new();
+        let mut body = decoder(&mut early, &mut conn, u64::MAX);
+        copy_chunked(&mut body, &mut out, &mut |_, _| {}).unwrap();
+        assert_eq!(out, b"0123456789ab");
+        assert_eq!(body.trailer().unwrap().get("t"), Some("v"));
     }
 }

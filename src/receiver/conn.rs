@@ -35,24 +35,35 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
 
+use crate::chunked::{self, ChunkError, ChunkedReader};
 use crate::config::ReceiverConfig;
-use crate::http::{self, Limits, ReadHeadError, RequestHead};
+use crate::http::{self, Headers, Limits, ReadHeadError, RequestHead};
 use crate::log::{self, Level, Throttle};
 use crate::protocol::Status;
 use crate::receiver::admit::{
-    self, Admitted, AfterLookup, Append, CertCheck, Facts, Probe, ProbeStep, Put, Who,
+    self, Admitted, AfterLookup, Append, CertCheck, Facts, Probe, ProbeStep, Put, Streamed, Who,
 };
 use crate::receiver::answer::{self, Answer, Next};
-use crate::receiver::body::{self, BodyReader, CopyError, Cut};
+use crate::receiver::body::{self, BodyReader, CopyError, Cut, Wire};
 use crate::receiver::deadline::DeadlineStream;
 use crate::receiver::report::Counters;
 use crate::receiver::slots::Ticket;
-use crate::receiver::store::{Pending, ResumeError, Store, StoreError};
+use crate::receiver::store::{PartialName, Pending, ResumeError, Store, StoreError};
 use crate::receiver::stream::{self, is_timeout, HandshakeError, Stream};
 use crate::{fault, info, timefmt, warn};
 
-/// Slowest accepted upload rate, after `body_timeout_s` of grace.
+/// Slowest accepted upload rate, after `body_timeout_s` of grace. A body
+/// of known length must arrive by `body_timeout_s` + length ÷ this; a
+/// chunked one, whose length is known only at its end, must keep this
+/// rate on average from its start: before every read its deadline is
+/// moved to `body_timeout_s` + the bytes decoded so far ÷ this.
 const MIN_BODY_RATE: u64 = 16 * 1024;
+
+/// The partial a request works on: the one its `Upload-Key` names, else
+/// its digest's.
+fn partial_of(key: Option<[u8; 16]>, digest: &[u8; 32]) -> PartialName {
+    key.map_or(PartialName::Digest(*digest), PartialName::Key)
+}
 
 /// Connections cut for being too slow, and failed handshakes: what an
 /// unauthenticated peer can cause at will, so one line per reason per 10 s.
@@ -329,6 +340,7 @@ impl Conn<'_> {
                 self.answer(s, &req, &pong, BodyRead::Whole(0), keep_alive)
             }
             Ok(Admitted::Put(put)) => self.upload(s, &req, &put, buf),
+            Ok(Admitted::Streamed(put)) => self.streamed(s, &req, &put, buf),
             Ok(Admitted::Probe(probe)) => self.probe(s, &req, &probe),
             Ok(Admitted::Append(append)) => self.append(s, &req, &append, buf),
         }
@@ -390,15 +402,17 @@ impl Conn<'_> {
                 store.drop_partials_of(host, episode);
                 answer
             }
-            ProbeStep::Offset => match store.offset(host, episode, &probe.digest) {
-                Ok(held) => {
-                    // The offset is durable (fsynced); the client has not
-                    // heard it yet.
-                    fault::point("recv.before_offset");
-                    Answer::offset(held.offset, held.length)
+            ProbeStep::Offset => {
+                match store.offset(host, episode, &partial_of(probe.key, &probe.digest)) {
+                    Ok(held) => {
+                        // The offset is durable (fsynced); the client has not
+                        // heard it yet.
+                        fault::point("recv.before_offset");
+                        Answer::offset(held.offset, held.length)
+                    }
+                    Err(e) => self.failed(host, episode, &e),
                 }
-                Err(e) => self.failed(host, episode, &e),
-            },
+            }
         };
         self.answer(s, req, &answer, BodyRead::Whole(0), probe.keep_alive)
     }
@@ -418,7 +432,7 @@ impl Conn<'_> {
         {
             return self.early(s, req, &answer);
         }
-        let resume = match store.resume(host, episode, &a.digest) {
+        let resume = match store.resume(host, episode, &partial_of(a.key, &a.digest)) {
             Ok(r) => r,
             Err(ResumeError::Busy) => return self.early(s, req, &Answer::in_progress()),
             Err(ResumeError::Store(e)) => {
@@ -483,58 +497,134 @@ impl Conn<'_> {
         let mut reader = BodyReader::new(buf, s, length).halfway_point(body.halfway_point());
         let copied = body::copy(&mut reader, &mut pending);
         let got = reader.received();
-        let cut = match copied {
-            Ok(()) => return Ok(pending),
-            Err(e) => e,
-        };
-        // A write error names the file: taken while `pending` is alive.
-        let cut = match cut {
-            CopyError::Write(e) => Err(pending.write_failed(e)),
-            CopyError::Read(cut) => Ok(cut),
-        };
-        let kept = if pending.is_resumable() {
-            format!("{} bytes kept to resume", pending.len())
-        } else {
-            "nothing kept".to_owned()
-        };
-        drop(pending);
-        let timeout = |why: &str| Answer::new(Status::Timeout).with_message(why.to_owned());
-        let cut = match cut {
+        match copied {
+            Ok(()) => Ok(pending),
             Err(e) => {
-                let answer = self.failed(host, episode, &e);
-                info!("{host}/{episode}: the upload failed after {got} of {length} bytes; {kept}");
-                return Err(self.answer(s, req, &answer, BodyRead::Partly(got), false));
+                let sofar = format!("{got} of {length} bytes");
+                Err(self.body_failed(s, req, pending, e, (host, episode), got, &sofar))
             }
-            Ok(cut) => cut,
+        }
+    }
+
+    /// A body that ended early: `pending` is dropped (a partial stays,
+    /// released for a resume, before the line saying so), the cut is
+    /// logged, and answered when the client can still read an answer.
+    /// `sofar`: how much of the body came, in words.
+    #[allow(clippy::too_many_arguments)]
+    fn body_failed(
+        &self,
+        s: &mut Stream,
+        req: &Request,
+        pending: Pending,
+        e: CopyError,
+        (host, episode): (&str, &str),
+        got: u64,
+        sofar: &str,
+    ) -> Next {
+        /// Why, once `pending` is gone.
+        enum Failure {
+            Store(StoreError),
+            Cut(Cut),
+            Framing(ChunkError),
+        }
+        // A write error names the file: taken while `pending` is alive.
+        let failure = match e {
+            CopyError::Write(e) => Failure::Store(pending.write_failed(e)),
+            CopyError::Read(cut) => Failure::Cut(cut),
+            CopyError::Framing(f) => Failure::Framing(f),
+        };
+        let kept = if matches!(failure, Failure::Framing(_)) {
+            // Refused, not cut: what came is no upload to resume.
+            pending.abandon();
+            "nothing kept".to_owned()
+        } else {
+            let kept = if pending.is_resumable() {
+                format!("{} bytes kept to resume", pending.len())
+            } else {
+                "nothing kept".to_owned()
+            };
+            drop(pending);
+            kept
+        };
+        let timeout = |why: &str| Answer::new(Status::Timeout).with_message(why.to_owned());
+        let partly = BodyRead::Partly(got);
+        let cut = match failure {
+            Failure::Store(e) => {
+                let answer = self.failed(host, episode, &e);
+                info!("{host}/{episode}: the upload failed after {sofar}; {kept}");
+                return self.answer(s, req, &answer, partly, false);
+            }
+            Failure::Framing(f) => {
+                info!("{host}/{episode}: chunked body refused after {sofar} ({f}); nothing stored, {kept}");
+                let status = match f.status() {
+                    413 => Status::TooLarge,
+                    _ => Status::BadRequest,
+                };
+                let answer = Answer::new(status).with_message(f.to_string());
+                return self.answer(s, req, &answer, partly, false);
+            }
+            Failure::Cut(cut) => cut,
         };
         match cut {
             Cut::Closed => {
-                warn!("{host}/{episode}: client closed after {got} of {length} bytes; nothing stored, {kept}");
-                Err(Next::Close)
+                warn!("{host}/{episode}: client closed after {sofar}; nothing stored, {kept}");
+                Next::Close
             }
             Cut::Stalled => {
-                warn!("{host}/{episode}: body stalled after {got} of {length} bytes; nothing stored, {kept}");
-                Err(self.answer(
-                    s,
-                    req,
-                    &timeout("body stalled"),
-                    BodyRead::Partly(got),
-                    false,
-                ))
+                warn!("{host}/{episode}: body stalled after {sofar}; nothing stored, {kept}");
+                self.answer(s, req, &timeout("body stalled"), partly, false)
             }
             Cut::TooSlow => {
-                warn!("{host}/{episode}: body too slow ({got} of {length} bytes by the deadline); dropped, {kept}");
-                Err(self.answer(
-                    s,
-                    req,
-                    &timeout("body too slow"),
-                    BodyRead::Partly(got),
-                    false,
-                ))
+                warn!("{host}/{episode}: body too slow ({sofar} by the deadline); dropped, {kept}");
+                self.answer(s, req, &timeout("body too slow"), partly, false)
             }
             Cut::Failed(e) => {
-                warn!("{host}/{episode}: connection failed after {got} of {length} bytes ({e}); nothing stored, {kept}");
-                Err(Next::Close)
+                warn!("{host}/{episode}: connection failed after {sofar} ({e}); nothing stored, {kept}");
+                Next::Close
+            }
+        }
+    }
+
+    /// Reads a chunked body into `pending`, after `100 Continue` if the
+    /// client waits for it; gives it back with the trailer's fields and the
+    /// decoded length. What follows the body stays in `buf` (pipelining).
+    /// The body's deadline moves with the decoded bytes (`MIN_BODY_RATE`);
+    /// each read may wait `body_timeout_s`. A cut, a malformed chunk or a
+    /// body over `max_body_bytes` is handled as in `receive`.
+    fn receive_chunked<'p>(
+        &self,
+        s: &mut Stream,
+        req: &Request,
+        mut pending: Pending<'p>,
+        buf: &mut Vec<u8>,
+        put: &Streamed,
+    ) -> Result<(Pending<'p>, Headers, u64), Next> {
+        let cfg = self.env.config;
+        if body::sends_continue(put.expect_continue, buf) && s.send(answer::CONTINUE).is_err() {
+            return Err(Next::Close);
+        }
+        let (from, grace) = (req.started, cfg.body_timeout);
+        let limits = chunked::Limits {
+            max_body_bytes: cfg.max_body_bytes,
+            ..chunked::Limits::default()
+        };
+        let mut body = ChunkedReader::new(Wire::new(buf, s), limits);
+        let copied = body::copy_chunked(&mut body, &mut pending, &mut |s: &mut Stream, decoded| {
+            s.arm(
+                from + grace + Duration::from_secs(decoded / MIN_BODY_RATE),
+                grace,
+            )
+        });
+        let got = body.decoded();
+        let trailer = body.trailer().cloned().unwrap_or_default();
+        // Gives back to `buf` what followed the body.
+        drop(body);
+        match copied {
+            Ok(()) => Ok((pending, trailer, got)),
+            Err(e) => {
+                let sofar = format!("{got} bytes of a chunked body");
+                let at = (put.host.as_str(), put.episode.as_str());
+                Err(self.body_failed(s, req, pending, e, at, got, &sofar))
             }
         }
     }
@@ -553,7 +643,8 @@ impl Conn<'_> {
         if let Some(answer) = self.already_stored(host, episode, admit::against_store(put, found)) {
             return early(s, &answer);
         }
-        let pending = match store.begin_upload(host, episode, &put.digest, length) {
+        let name = partial_of(put.key, &put.digest);
+        let pending = match store.begin_upload(host, episode, &name, Some(length)) {
             Ok(p) => p,
             Err(e) => return early(s, &failed(&e)),
         };
@@ -566,6 +657,70 @@ impl Conn<'_> {
             Err(e) => failed(&e),
         };
         self.answer(s, req, &answer, BodyRead::Whole(length), put.keep_alive)
+    }
+
+    /// A chunked `PUT` (docs/transport.md, "Upload while packing"): the
+    /// store's verdict on the id from the head (428 for a stored id when
+    /// the head has no digest), the body decoded into the partial its
+    /// `Upload-Key` names (else its head digest's, else a private temp),
+    /// then the digest from the head or the trailer: published as a `PUT`
+    /// is, or, with no digest anywhere, kept for a completing `PATCH`.
+    fn streamed(&self, s: &mut Stream, req: &Request, put: &Streamed, buf: &mut Vec<u8>) -> Next {
+        let store = self.env.store;
+        let (host, episode) = (put.host.as_str(), put.episode.as_str());
+        let failed = |e: &StoreError| self.failed(host, episode, e);
+        let early = |s: &mut Stream, answer: &Answer| self.early(s, req, answer);
+        let found = match store.lookup(host, episode) {
+            Ok(found) => found,
+            Err(e) => return early(s, &failed(&e)),
+        };
+        let after = admit::stream_against_store(put, found);
+        if let Some(answer) = self.already_stored(host, episode, after) {
+            return early(s, &answer);
+        }
+        let begun = match (put.key, put.digest) {
+            (Some(key), _) => store.begin_upload(host, episode, &PartialName::Key(key), None),
+            (None, Some(d)) => store.begin_upload(host, episode, &PartialName::Digest(d), None),
+            (None, None) => store.begin(host, episode),
+        };
+        let pending = match begun {
+            Ok(p) => p,
+            Err(e) => return early(s, &failed(&e)),
+        };
+        let (pending, trailer, length) = match self.receive_chunked(s, req, pending, buf, put) {
+            Ok(got) => got,
+            Err(next) => return next,
+        };
+        // The whole body and its trailer are in; nothing is decided yet.
+        fault::point("recv.after_trailer");
+        let whole = BodyRead::Whole(length);
+        let digest = match admit::streamed_digest(put.digest, &trailer, length) {
+            Ok(d) => d,
+            Err(answer) => {
+                // A whole body whose digest fields are broken is refused,
+                // not cut: nothing is kept (gone before the client hears).
+                pending.abandon();
+                return self.answer(s, req, &answer, whole, false);
+            }
+        };
+        let answer = match digest {
+            Some(d) => match pending.commit(&d) {
+                Ok(outcome) => Answer::outcome(&outcome, &d),
+                Err(e) => failed(&e),
+            },
+            None => match pending.keep() {
+                Ok(kept) => {
+                    let what = match kept {
+                        Some(n) => format!("{n} bytes kept to complete"),
+                        None => "nothing kept (no Upload-Key)".to_owned(),
+                    };
+                    info!("{host}/{episode}: streamed upload ended with no digest; {what}");
+                    Answer::digest_missing(kept)
+                }
+                Err(e) => failed(&e),
+            },
+        };
+        self.answer(s, req, &answer, whole, put.keep_alive)
     }
 }
 

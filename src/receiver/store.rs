@@ -181,7 +181,8 @@ pub enum Why {
     OverCap(u64),
     /// The id is stored (these bytes or others): it can never be published.
     Stored,
-    /// A request named another digest for the id: the episode was packed again.
+    /// A request named another digest or key for the id: the episode was
+    /// packed again (or a pack was cut and begun anew).
     Repacked,
 }
 
@@ -198,7 +199,10 @@ impl fmt::Display for Why {
                 "the host's partial uploads exceed max_partial_bytes_per_host ({cap}); oldest first"
             ),
             Why::Stored => write!(f, "the episode is already stored"),
-            Why::Repacked => write!(f, "episode repacked: another digest was announced for it"),
+            Why::Repacked => write!(
+                f,
+                "episode repacked: another digest or upload key was announced for it"
+            ),
         }
     }
 }
@@ -272,25 +276,64 @@ pub fn oldest_over(parts: &[(u64, Duration, bool)], extra: u64, cap: u64) -> Vec
     out
 }
 
-/// `.partial-<id>.<sha256 hex>`.
-fn partial_name(episode: &str, digest: &[u8; 32]) -> String {
-    format!("{PARTIAL_PREFIX}{episode}.{}", to_hex(digest))
+/// Which upload of an id a partial holds: the one whose whole tarball has
+/// this sha256 (`Repr-Digest`, or a `PUT`'s `Content-Digest`), or the one a
+/// client named with an `Upload-Key` because it did not know the digest yet
+/// when it began (a streamed `PUT`, and the `HEAD` and `PATCH` resuming it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialName {
+    Digest([u8; 32]),
+    Key([u8; 16]),
 }
 
-/// The id and the digest's hex of a partial's name, if it is one of ours.
+impl PartialName {
+    /// The last part of the file name: 64 hex digits for a digest, `k` and
+    /// 32 for a key. The two can never be equal (lengths differ, and `k` is
+    /// not a hex digit), so a key never names a digest's partial.
+    fn suffix(&self) -> String {
+        match self {
+            PartialName::Digest(d) => to_hex(d),
+            PartialName::Key(k) => format!("k{}", to_hex(k)),
+        }
+    }
+}
+
+/// `.partial-<id>.<sha256 hex>` or `.partial-<id>.k<key hex>`.
+fn partial_name(episode: &str, name: &PartialName) -> String {
+    format!("{PARTIAL_PREFIX}{episode}.{}", name.suffix())
+}
+
+/// The id and the suffix (a digest's hex, or `k` and a key's) of a
+/// partial's name, if it is one of ours.
 fn parse_partial(name: &str) -> Option<(&str, &str)> {
-    let (episode, hex) = name.strip_prefix(PARTIAL_PREFIX)?.rsplit_once('.')?;
-    let is_hex = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    (is_hex && ids::is_valid(episode)).then_some((episode, hex))
+    let (episode, suffix) = name.strip_prefix(PARTIAL_PREFIX)?.rsplit_once('.')?;
+    let hex =
+        |h: &str, len| h.len() == len && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let ours = match suffix.strip_prefix('k') {
+        Some(key) => hex(key, 32),
+        None => hex(suffix, 64),
+    };
+    (ours && ids::is_valid(episode)).then_some((episode, suffix))
 }
 
 /// A partial on disk.
 struct PartialFile {
     path: PathBuf,
     episode: String,
-    hex: String,
+    /// What names it: a digest's hex, or `k` and a key's.
+    suffix: String,
     size: u64,
     modified: SystemTime,
+}
+
+impl PartialFile {
+    /// "sha256 <hex>" or "key <hex>", for the log.
+    fn named(&self) -> String {
+        match self.suffix.strip_prefix('k') {
+            Some(key) => format!("key {key}"),
+            None => format!("sha256 {}", self.suffix),
+        }
+    }
 }
 
 /// What the store remembers of a partial between the requests that write it.
@@ -389,8 +432,8 @@ impl Store {
         self.root.join(host).join(format!("{episode}.tar.zst"))
     }
 
-    fn partial_path(&self, host: &str, episode: &str, digest: &[u8; 32]) -> PathBuf {
-        self.root.join(host).join(partial_name(episode, digest))
+    fn partial_path(&self, host: &str, episode: &str, name: &PartialName) -> PathBuf {
+        self.root.join(host).join(partial_name(episode, name))
     }
 
     fn sidecar_path(final_path: &Path) -> PathBuf {
@@ -482,26 +525,30 @@ impl Store {
         })
     }
 
-    /// Starts a `PUT` of `length` bytes whose sha256 is `digest`: into its
-    /// partial, from byte 0 (what an earlier attempt left is overwritten).
-    /// If another connection is writing that partial, into a private temp
-    /// instead: a `PUT` carries the whole upload, and waiting or refusing
-    /// would turn two identical uploads into a failure (S2).
+    /// Starts a `PUT` into the partial `name` (its digest, or the key of a
+    /// streamed upload), from byte 0 (what an earlier attempt left is
+    /// overwritten). `length`: the body's, when the request says it (a
+    /// chunked body's is known only at its end). If another connection is
+    /// writing that partial, into a private temp instead: a `PUT` carries
+    /// the whole upload, and waiting or refusing would turn two identical
+    /// uploads into a failure (S2).
     pub fn begin_upload(
         &self,
         host: &str,
         episode: &str,
-        digest: &[u8; 32],
-        length: u64,
+        name: &PartialName,
+        length: Option<u64>,
     ) -> Result<Pending<'_>, StoreError> {
         let dir = self.host_dir(host)?;
-        self.drop_other_digests(host, episode, digest);
-        let path = self.partial_path(host, episode, digest);
+        self.drop_others(host, episode, name);
+        let path = self.partial_path(host, episode, name);
         let Some(claim) = self.claim(&path) else {
             info!("{host}/{episode}: another connection is uploading these bytes; this PUT goes to a temp file");
             return self.begin(host, episode);
         };
-        self.make_room(host, &path, length);
+        // A length not known yet makes room only for what is there: the
+        // sweep (every 10 s) keeps the host under its cap as this grows.
+        self.make_room(host, &path, length.unwrap_or(0));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -515,7 +562,7 @@ impl Store {
         self.partials().known.insert(
             path.clone(),
             Known {
-                length: Some(length),
+                length,
                 hashed: None,
             },
         );
@@ -561,9 +608,14 @@ impl Store {
         Ok((meta.len(), meta.ino()))
     }
 
-    /// `HEAD`: how much of the upload of `digest` the store holds durably,
-    /// and its whole length if known. Other digests' partials of the id go.
-    pub fn offset(&self, host: &str, episode: &str, digest: &[u8; 32]) -> Result<Held, StoreError> {
+    /// `HEAD`: how much of the upload `name` the store holds durably, and
+    /// its whole length if known. The id's other partials go.
+    pub fn offset(
+        &self,
+        host: &str,
+        episode: &str,
+        name: &PartialName,
+    ) -> Result<Held, StoreError> {
         let dir = self.root.join(host);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_symlink() => return Err(StoreError::HostDirIsLink(dir)),
@@ -576,8 +628,8 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("checking", &dir, e)),
         }
-        self.drop_other_digests(host, episode, digest);
-        let path = self.partial_path(host, episode, digest);
+        self.drop_others(host, episode, name);
+        let path = self.partial_path(host, episode, name);
         // fsync needs a descriptor, not write access.
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -594,18 +646,18 @@ impl Store {
         Ok(Held { offset, length })
     }
 
-    /// `PATCH`: claims the partial of `digest` and reads its durable
-    /// length, for `admit::against_partial` to check the request against;
-    /// then [`Resume::start`] appends.
+    /// `PATCH`: claims the partial `name` and reads its durable length, for
+    /// `admit::against_partial` to check the request against; then
+    /// [`Resume::start`] appends.
     pub fn resume(
         &self,
         host: &str,
         episode: &str,
-        digest: &[u8; 32],
+        name: &PartialName,
     ) -> Result<Resume<'_>, ResumeError> {
         let dir = self.host_dir(host).map_err(ResumeError::Store)?;
-        self.drop_other_digests(host, episode, digest);
-        let path = self.partial_path(host, episode, digest);
+        self.drop_others(host, episode, name);
+        let path = self.partial_path(host, episode, name);
         let claim = self.claim(&path).ok_or(ResumeError::Busy)?;
         let file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(f) => Some(f),
@@ -656,7 +708,7 @@ impl Store {
             .flatten()
         {
             let name = f.file_name();
-            let Some((episode, hex)) = name.to_str().and_then(parse_partial) else {
+            let Some((episode, suffix)) = name.to_str().and_then(parse_partial) else {
                 continue;
             };
             let Ok(meta) = f.metadata() else { continue };
@@ -666,7 +718,7 @@ impl Store {
             out.push(PartialFile {
                 path: f.path(),
                 episode: episode.to_owned(),
-                hex: hex.to_owned(),
+                suffix: suffix.to_owned(),
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
@@ -701,19 +753,22 @@ impl Store {
         partials.known.remove(&p.path);
         drop(partials);
         info!(
-            "deleted partial upload {host}/{} ({} bytes, sha256 {}): {why}",
-            p.episode, p.size, p.hex
+            "deleted partial upload {host}/{} ({} bytes, {}): {why}",
+            p.episode,
+            p.size,
+            p.named()
         );
         true
     }
 
-    /// The episode was packed again: partials of its other digests can
-    /// never complete.
-    fn drop_other_digests(&self, host: &str, episode: &str, digest: &[u8; 32]) {
-        let ours = to_hex(digest);
+    /// A request named the upload `name` of the id: the episode was packed
+    /// again (another digest), or a stream begun anew (another key), so
+    /// the id's other partials can never complete. Claimed ones stay.
+    fn drop_others(&self, host: &str, episode: &str, name: &PartialName) {
+        let ours = name.suffix();
         let now = SystemTime::now();
         for p in self.list_partials(host) {
-            if p.episode == episode && p.hex != ours {
+            if p.episode == episode && p.suffix != ours {
                 self.delete(host, &p, &Why::Repacked, now);
             }
         }
@@ -981,6 +1036,15 @@ impl Pending<'_> {
         }
     }
 
+    /// The request was refused after its bytes were written (a chunked
+    /// body's framing, its size, or the digest fields at its end): what it
+    /// sent is not an upload to resume, so a partial goes now, as a temp
+    /// does. Only a body cut short (`drop`) keeps its partial.
+    pub fn abandon(mut self) {
+        self.writer = None;
+        self.discard();
+    }
+
     /// An append that does not complete the upload has ended: fsync, then
     /// the durable length (the 204's `Upload-Offset`). A failed fsync
     /// deletes the partial (never retried).
@@ -998,6 +1062,28 @@ impl Pending<'_> {
             return Err(StoreError::io("syncing", &self.path, e));
         }
         Ok(self.len())
+    }
+
+    /// A streamed upload whose body ended with no digest anywhere
+    /// (`digest_missing`): a partial is made durable (fsync) and kept, its
+    /// length recorded as the upload's whole length (`Upload-Length`), for
+    /// an empty completing `PATCH`; the sha256 of its bytes is remembered
+    /// as for a cut, so that `PATCH` re-reads nothing in this run. Returns
+    /// the length kept, or `None` for a temp or an empty file (not kept:
+    /// removed when dropped). A failed fsync deletes the partial (never
+    /// retried).
+    pub fn keep(self) -> Result<Option<u64>, StoreError> {
+        if !self.partial || self.writer.is_none() || self.is_empty() {
+            return Ok(None);
+        }
+        let len = self.len();
+        self.store
+            .partials()
+            .known
+            .entry(self.path.clone())
+            .or_default()
+            .length = Some(len);
+        self.pause().map(Some)
     }
 
     /// Publishes the upload if its whole sha256 is `expected` (see the
@@ -1096,6 +1182,7 @@ impl Drop for Pending<'_> {
 }
 #[cfg(test)]
 mod tests {
+    use super::PartialName as P;
     use super::*;
     use sha2::{Digest, Sha256};
 
@@ -1258,7 +1345,7 @@ mod tests {
     #[test]
     fn partial_names() {
         let d = [0xab; 32];
-        let name = partial_name("ep.1", &d);
+        let name = partial_name("ep.1", &PartialName::Digest(d));
         assert_eq!(name, format!(".partial-ep.1.{}", "ab".repeat(32)));
         assert_eq!(
             parse_partial(&name),
@@ -1271,9 +1358,30 @@ mod tests {
             &format!(".partial-.{}", "ab".repeat(32)),
             &format!(".partial-e.{}", "AB".repeat(32)),
             &format!("e.{}", "ab".repeat(32)),
+            &format!(".partial-e.k{}", "ab".repeat(15)),
+            &format!(".partial-e.k{}", "ab".repeat(17)),
+            &format!(".partial-e.K{}", "ab".repeat(16)),
+            &format!(".partial-e.k{}", "AB".repeat(16)),
+            &format!(".partial-e.k{}", "ab".repeat(32)),
         ] {
             assert_eq!(parse_partial(not_ours), None, "{not_ours}");
         }
+        // A keyed partial: `k` and 32 hex digits, never a digest's name,
+        // even for an id that ends like one.
+        let k = [0xcd; 16];
+        let keyed = partial_name("ep.1", &PartialName::Key(k));
+        assert_eq!(keyed, format!(".partial-ep.1.k{}", "cd".repeat(16)));
+        let suffix = format!("k{}", "cd".repeat(16));
+        assert_eq!(parse_partial(&keyed), Some(("ep.1", suffix.as_str())));
+        let tricky = format!("ep.k{}", "ab".repeat(16));
+        assert_ne!(
+            partial_name(&tricky, &PartialName::Digest(d)),
+            partial_name("ep", &PartialName::Key([0xab; 16]))
+        );
+        assert_eq!(
+            parse_partial(&partial_name(&tricky, &PartialName::Key(k))),
+            Some((tricky.as_str(), suffix.as_str()))
+        );
     }
 
     /// The sweep's choice, as a table: (host, size, age h, busy, stored).
@@ -1348,26 +1456,31 @@ mod tests {
         let (store, _) = Store::open(&root).unwrap();
         let body = b"0123456789abcdef";
         let d: [u8; 32] = Sha256::digest(body).into();
-        let mut up = store.begin_upload("h", "e", &d, 16).unwrap();
+        let mut up = store
+            .begin_upload("h", "e", &P::Digest(d), Some(16))
+            .unwrap();
         up.write_all(&body[..6]).unwrap();
         assert!(up.is_resumable());
         drop(up); // cut
         let partial = root.join(format!("h/.partial-e.{}", to_hex(&d)));
         assert_eq!(fs::read(&partial).unwrap(), &body[..6]);
         assert_eq!(
-            store.offset("h", "e", &d).unwrap(),
+            store.offset("h", "e", &P::Digest(d)).unwrap(),
             Held {
                 offset: 6,
                 length: Some(16)
             }
         );
-        let r = store.resume("h", "e", &d).unwrap();
+        let r = store.resume("h", "e", &P::Digest(d)).unwrap();
         assert!(r.hashed.is_some(), "this process hashed the prefix");
-        assert!(matches!(store.resume("h", "e", &d), Err(ResumeError::Busy)));
+        assert!(matches!(
+            store.resume("h", "e", &P::Digest(d)),
+            Err(ResumeError::Busy)
+        ));
         let mut up = r.start(10, false).unwrap();
         up.write_all(&body[6..10]).unwrap();
         assert_eq!(up.pause().unwrap(), 10);
-        let r = store.resume("h", "e", &d).unwrap();
+        let r = store.resume("h", "e", &P::Digest(d)).unwrap();
         assert_eq!(r.held().offset, 10);
         let mut up = r.start(16, true).unwrap();
         up.write_all(&body[10..]).unwrap();
@@ -1385,11 +1498,13 @@ mod tests {
         let d: [u8; 32] = Sha256::digest(body).into();
         {
             let (store, _) = Store::open(&root).unwrap();
-            let mut up = store.begin_upload("h", "e", &d, body.len() as u64).unwrap();
+            let mut up = store
+                .begin_upload("h", "e", &P::Digest(d), Some(body.len() as u64))
+                .unwrap();
             up.write_all(&body[..9]).unwrap();
         }
         let (store, _) = Store::open(&root).unwrap();
-        let r = store.resume("h", "e", &d).unwrap();
+        let r = store.resume("h", "e", &P::Digest(d)).unwrap();
         assert!(r.hashed.is_none());
         assert_eq!(
             r.held(),
@@ -1402,11 +1517,106 @@ mod tests {
         up.write_all(&body[9..]).unwrap();
         assert_eq!(up.commit(&d).unwrap(), Outcome::Stored);
         // An empty cut leaves nothing; another digest sweeps the old one.
-        let mut up = store.begin_upload("h", "f", &[1; 32], 5).unwrap();
+        let mut up = store
+            .begin_upload("h", "f", &P::Digest([1; 32]), Some(5))
+            .unwrap();
         up.write_all(b"abc").unwrap();
         drop(up);
-        drop(store.begin_upload("h", "f", &[2; 32], 5).unwrap());
+        drop(
+            store
+                .begin_upload("h", "f", &P::Digest([2; 32]), Some(5))
+                .unwrap(),
+        );
         assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A streamed upload under a key: no digest at its end, so it is kept
+    /// (fsynced, its length known) and completed by an empty append that
+    /// re-reads nothing in this run; a wrong whole digest deletes it.
+    #[test]
+    fn a_keyed_partial_is_kept_and_completed_without_rereading() {
+        let root = tempdir("keyed");
+        let (store, _) = Store::open(&root).unwrap();
+        let body = b"streamed while packing";
+        let d: [u8; 32] = Sha256::digest(body).into();
+        let key = P::Key([0x5a; 16]);
+        let mut up = store.begin_upload("h", "e", &key, None).unwrap();
+        up.write_all(body).unwrap();
+        assert_eq!(up.keep().unwrap(), Some(body.len() as u64));
+        let partial = root.join(format!("h/.partial-e.k{}", "5a".repeat(16)));
+        assert_eq!(fs::read(&partial).unwrap(), body);
+        let held = Held {
+            offset: body.len() as u64,
+            length: Some(body.len() as u64),
+        };
+        assert_eq!(store.offset("h", "e", &key).unwrap(), held);
+        // The digest's partial is another upload: nothing held there (and
+        // asking for it would delete the keyed one: "repacked").
+        let r = store.resume("h", "e", &key).unwrap();
+        assert_eq!(r.held(), held);
+        assert!(r.hashed.is_some(), "this process hashed the bytes");
+        let up = r.start(body.len() as u64, true).unwrap();
+        assert_eq!(up.commit(&d).unwrap(), Outcome::Stored);
+        assert_eq!(fs::read(root.join("h/e.tar.zst")).unwrap(), body);
+        assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+
+        // Kept, then completed against the wrong digest: deleted.
+        let mut up = store.begin_upload("h", "f", &key, None).unwrap();
+        up.write_all(body).unwrap();
+        up.keep().unwrap();
+        let up = store
+            .resume("h", "f", &key)
+            .unwrap()
+            .start(body.len() as u64, true)
+            .unwrap();
+        assert!(matches!(
+            up.commit(&[0; 32]).unwrap(),
+            Outcome::DigestMismatch(_)
+        ));
+        assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+
+        // A temp (no key, no digest) is never kept.
+        let mut up = store.begin("h", "g").unwrap();
+        up.write_all(body).unwrap();
+        assert_eq!(up.keep().unwrap(), None);
+        assert_eq!(listing(&root.join("h")), ["e.tar.zst", "e.tar.zst.sha256"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A new key or digest for an id deletes its other partials, keyed or
+    /// not, unless claimed; the sweep treats keyed partials like the rest.
+    #[test]
+    fn keys_and_digests_replace_each_other() {
+        let root = tempdir("rekey");
+        let (store, _) = Store::open(&root).unwrap();
+        let cut = |name: &PartialName, ep: &str| {
+            let mut up = store.begin_upload("h", ep, name, None).unwrap();
+            up.write_all(b"some bytes").unwrap();
+        };
+        let (k1, k2, d) = (P::Key([1; 16]), P::Key([2; 16]), P::Digest([3; 32]));
+        let name = |n: &PartialName| partial_name("e", n);
+        cut(&k1, "e");
+        assert_eq!(listing(&root.join("h")), [name(&k1)]);
+        cut(&k2, "e");
+        assert_eq!(listing(&root.join("h")), [name(&k2)], "a new key");
+        cut(&d, "e");
+        assert_eq!(listing(&root.join("h")), [name(&d)], "a digest");
+        assert_eq!(store.offset("h", "e", &k1).unwrap().offset, 0);
+        assert!(listing(&root.join("h")).is_empty(), "a HEAD with a key");
+        // Claimed (being written): never deleted by another name.
+        let mut claimed = store.begin_upload("h", "e", &k1, None).unwrap();
+        claimed.write_all(b"in flight").unwrap();
+        cut(&k2, "e");
+        assert_eq!(listing(&root.join("h")), [name(&k1), name(&k2)]);
+        drop(claimed);
+        // Stored ids, TTL and cap: as any partial.
+        cut(&k1, "x");
+        assert_eq!(put(&store, "h", "x", b"final"), Outcome::Stored);
+        let later = SystemTime::now() + Duration::from_secs(73 * 3600);
+        assert_eq!(store.sweep(SystemTime::now()), 1, "x is stored");
+        assert_eq!(store.sweep(later), 2, "e's two partials expired");
+        assert_eq!(listing(&root.join("h")), ["x.tar.zst", "x.tar.zst.sha256"]);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -536,9 +536,10 @@ impl Pass<'_> {
         match v {
             Verdict::Retire { stored } => {
                 // Nothing to record when the tarball never reached the
-                // disk: the episode itself is what a crash would find.
+                // disk: the episode itself is what a crash would find (and
+                // a retire that must wait records it, in `finish`).
                 if t.kept {
-                    if let Err(e) = retire::confirm(&self.dirs, id) {
+                    if let Err(e) = retire::confirm(&self.dirs, id, &t.record) {
                         warn!("{id}: the receiver has it, but recording that locally failed: {e}; the next pass asks again");
                         self.summary.retry += 1;
                         return;
@@ -689,6 +690,13 @@ impl Pass<'_> {
             Err(RetireError::Changed) => return Finished::Changed,
             Err(e) => e,
         };
+        // Sent while packed, there is no receipt yet: a retire that has to
+        // wait needs one, or every pass would pack and ask again.
+        if fs::symlink_metadata(self.dirs.receipt(id)).is_err() {
+            if let Err(e) = retire::confirm(&self.dirs, id, record) {
+                warn!("{id}: recording the receiver's confirmation failed: {e}; the next pass asks again");
+            }
+        }
         if let RetireError::Duplicate = e {
             let note = format!(
                 "episode: {id}\nlocal_sha256: {}\ntime: {}\n\

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! confirm: rename outbox/<id>.tar.zst.sha256 -> outbox/<id>.receipt
+//!          (streamed, no sidecar: write the receipt from the record)
 //!          unlink outbox/<id>.tar.zst; fsync(outbox/)
 //! retire:  episodes/<id> still the tree in the receipt?  no -> Changed
 //!          shipped/<id> exists?                           yes -> Duplicate
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 use crate::fault;
 use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::shipper::outbox::{Dirs, Record};
-use crate::shipper::prepare::still_packed_tree;
+use crate::shipper::prepare::{still_packed_tree, write_durably};
 
 /// Why an episode the receiver confirmed was not moved to `shipped/`.
 #[derive(Debug)]
@@ -110,13 +111,20 @@ impl std::error::Error for RetireError {
     }
 }
 
-/// Records that the receiver holds the tarball's bytes: the sidecar
-/// becomes `outbox/<id>.receipt` and the tarball goes. Idempotent: a crash
-/// anywhere here is finished by the receipt path of the next pass.
-pub fn confirm(dirs: &Dirs, id: &str) -> io::Result<()> {
+/// Records that the receiver holds the tarball's bytes (`record`): the
+/// sidecar becomes `outbox/<id>.receipt` and the tarball goes. A tarball
+/// sent while it was packed and taken at once never had a sidecar: its
+/// receipt is written from `record`, so that a retire that has to wait
+/// (permissions, a second copy in shipped/) waits without another upload,
+/// as for any tarball. Idempotent: a crash anywhere here is finished by the
+/// receipt path of the next pass (before the receipt exists: a repack,
+/// answered 200 digest-first).
+pub fn confirm(dirs: &Dirs, id: &str, record: &Record) -> io::Result<()> {
     let sidecar = dirs.sidecar(id);
     if sidecar.exists() {
         fs::rename(&sidecar, dirs.receipt(id))?;
+    } else {
+        write_durably(&dirs.receipt(id), record.to_text(id).as_bytes())?;
     }
     fault::point("ship.after_receipt");
     remove_if_exists(&dirs.tarball(id))?;

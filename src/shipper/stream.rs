@@ -24,16 +24,12 @@ use sha2::{Digest, Sha256};
 use crate::config::ShipperConfig;
 use crate::hashing::to_hex;
 use crate::info;
-use crate::protocol::{self, resumable};
+use crate::protocol::{self, resumable, Status};
 use crate::shipper::client::{ClientError, Response, Session};
 use crate::shipper::outbox::Dirs;
 use crate::shipper::pack::PackOptions;
 use crate::shipper::prepare::{self, PrepError, Tarball};
 use crate::shipper::upload::{self, Attempt, Sent};
-
-/// The receiver kept a streamed body that came without a digest (a proxy
-/// that drops trailers): complete it with the resumable exchange.
-const DIGEST_MISSING: &str = "digest_missing";
 
 /// Packs `id` and sends it as it is packed; the tarball (in `outbox/`
 /// unless the receiver confirmed it) and how the upload went.
@@ -105,7 +101,13 @@ pub fn stream(
         fresh.keep_cold(dirs, id)?
     };
     if let Ok(r) = &answer {
-        if r.status == 400 && r.reply.as_ref().is_some_and(|x| x.status == DIGEST_MISSING) {
+        // The receiver kept a streamed body that came without a digest (a
+        // proxy that drops trailers): complete it with the resumable
+        // exchange.
+        let missing = Status::DigestMissing;
+        if r.status == missing.code()
+            && r.reply.as_ref().is_some_and(|x| x.status == missing.word())
+        {
             info!(
                 "{id}: the receiver got the body without its digest (a proxy that drops trailers?); completing it"
             );
@@ -131,7 +133,13 @@ pub fn stream(
 /// proxy without chunked uploads (411, 501), or an id the receiver holds,
 /// whose answer depends on a digest we do not have yet (428).
 fn takes_no_stream(r: &Response) -> bool {
-    matches!(r.status, 411 | 428 | 501)
+    [
+        Status::LengthRequired,
+        Status::DigestRequired,
+        Status::NotImplemented,
+    ]
+    .iter()
+    .any(|s| s.code() == r.status)
 }
 
 /// A fresh `Upload-Key`: 128 bits that no other upload of this id will
