@@ -472,6 +472,19 @@ mod tests {
         Doc::parse(Path::new("/etc/x.toml"), text)
     }
 
+    /// A receiver.toml in `dir` with a plain listener, one host and
+    /// `extra` keys, loaded.
+    fn load_receiver(dir: &std::path::Path, extra: &str) -> Result<ReceiverConfig, ConfigError> {
+        let path = dir.join("receiver.toml");
+        let toml = format!(
+            "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
+            dir.join("store").display(),
+            "ab".repeat(32)
+        );
+        std::fs::write(&path, toml).unwrap();
+        ReceiverConfig::load(&path)
+    }
+
     /// `partial_ttl_hours` and `max_partial_bytes_per_host`: defaults (the
     /// cap follows `max_body_bytes`), values, and a refusal naming the key.
     #[test]
@@ -479,16 +492,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cis490-cfg-partials-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("receiver.toml");
-        let load = |extra: &str| {
-            let toml = format!(
-                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
-                dir.join("store").display(),
-                "ab".repeat(32)
-            );
-            std::fs::write(&path, toml).unwrap();
-            ReceiverConfig::load(&path)
-        };
+        let load = |extra: &str| load_receiver(&dir, extra);
         let c = load("").unwrap();
         assert_eq!(c.partial_ttl, Duration::from_secs(72 * 3600));
         assert_eq!(c.max_partial_bytes_per_host, c.max_body_bytes);
@@ -521,16 +525,7 @@ mod tests {
         let secret = dir.join("s3.secret");
         std::fs::write(&secret, "c2VjcmV0/key+1=\n").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let path = dir.join("receiver.toml");
-        let load = |extra: &str| {
-            let toml = format!(
-                "listen_plain = \"127.0.0.1:1\"\nstore_dir = \"{}\"\n{extra}[hosts]\n\"lab-01\" = \"{}\"\n",
-                dir.join("store").display(),
-                "ab".repeat(32)
-            );
-            std::fs::write(&path, toml).unwrap();
-            ReceiverConfig::load(&path)
-        };
+        let load = |extra: &str| load_receiver(&dir, extra);
         assert!(load("").unwrap().s3.is_none());
         let required = format!(
             "s3_endpoint = \"http://127.0.0.1:7480\"\ns3_bucket = \"cis490\"\n\

@@ -89,27 +89,9 @@ impl<'a> Session<'a> {
         target: &str,
         headers: &[(&str, &str)],
     ) -> Result<Option<Response>, ClientError> {
-        let mut retried = false;
-        loop {
-            let reused = self
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.is_reusable() && c.requests() > 0);
-            let authority = self.ep.url.authority();
-            let conn = self.connection()?;
-            match conn.start_chunked(method, target, &authority, headers) {
-                Ok(r) => return Ok(r),
-                Err(e) if reused && !retried && e.is_stale_connection() => {
-                    info!("{label}: kept-alive connection was closed by the receiver; retrying on a new one");
-                    self.conn = None;
-                    retried = true;
-                }
-                Err(e) => {
-                    self.conn = None;
-                    return Err(e);
-                }
-            }
-        }
+        self.on_fresh_if_stale(label, |conn, authority| {
+            conn.start_chunked(method, target, authority, headers)
+        })
     }
 
     /// The body of the request [`Session::start_stream`] began.
@@ -132,6 +114,25 @@ impl<'a> Session<'a> {
         file: Option<(&Path, u64, u64)>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Response, ClientError> {
+        self.on_fresh_if_stale(label, |conn, authority| {
+            let mut opened = match file {
+                None => None,
+                Some((path, from, len)) => Some((open_at(path, from)?, len - from)),
+            };
+            let body = opened.as_mut().map(|(f, n)| Body { reader: f, len: *n });
+            conn.request(method, target, authority, headers, body, progress)
+        })
+    }
+
+    /// Runs `attempt` on the session's connection; when a kept-alive
+    /// connection turns out to have been closed by the receiver (its
+    /// keep-alive timeout raced our request), once more on a new one. Any
+    /// error drops the connection.
+    fn on_fresh_if_stale<T>(
+        &mut self,
+        label: &str,
+        mut attempt: impl FnMut(&mut Connection, &str) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let mut retried = false;
         loop {
             let reused = self
@@ -140,12 +141,7 @@ impl<'a> Session<'a> {
                 .is_some_and(|c| c.is_reusable() && c.requests() > 0);
             let authority = self.ep.url.authority();
             let conn = self.connection()?;
-            let mut opened = match file {
-                None => None,
-                Some((path, from, len)) => Some((open_at(path, from)?, len - from)),
-            };
-            let body = opened.as_mut().map(|(f, n)| Body { reader: f, len: *n });
-            match conn.request(method, target, &authority, headers, body, progress) {
+            match attempt(conn, &authority) {
                 Ok(r) => return Ok(r),
                 Err(e) if reused && !retried && e.is_stale_connection() => {
                     info!("{label}: kept-alive connection was closed by the receiver; retrying on a new one");
