@@ -12,31 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::lab::Lab;
+use common::raw::client_config;
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
-
-/// A TLS client config trusting the test CA, presenting `ident`.
-fn client_config(pki: &TestPki, ident: &Identity) -> Arc<ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&ident.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&ident.key).unwrap();
-    let cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-    Arc::new(cfg)
-}
 
 fn client(cfg: &Arc<ClientConfig>) -> ClientConnection {
     ClientConnection::new(Arc::clone(cfg), ServerName::try_from("localhost").unwrap()).unwrap()

@@ -32,27 +32,33 @@ pub enum Conn {
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
+/// A TLS client config trusting the test CA, presenting `ident`.
+#[allow(dead_code)]
+pub fn client_config(pki: &TestPki, ident: &Identity) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&ident.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&ident.key).unwrap();
+    let cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+    Arc::new(cfg)
+}
+
 #[allow(dead_code)]
 impl Target {
     /// The TLS listener at `addr`, trusting the test CA, presenting `ident`.
     pub fn tls(addr: SocketAddr, pki: &TestPki, ident: &Identity) -> Target {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&ident.cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&ident.key).unwrap();
-        let cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .unwrap();
-        Target::Tls(addr, Arc::new(cfg))
+        Target::Tls(addr, client_config(pki, ident))
     }
 
     /// A new connection (the TLS handshake done), reads timing out after 10 s.
