@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -187,6 +188,29 @@ pub fn sha256_file(path: &Path) -> io::Result<([u8; 32], u64)> {
         count += n as u64;
     }
     Ok((hasher.finalize().into(), count))
+}
+
+/// Reads `len` bytes of `file` from `offset` with positional reads, one
+/// `IO_CHUNK` buffer at a time, handing each piece to `each` (which hashes
+/// it, or more). Memory stays one buffer whatever `len` is; a file shorter
+/// than `offset + len` is an `UnexpectedEof`.
+pub fn for_each_chunk_at(
+    file: &File,
+    offset: u64,
+    len: u64,
+    each: &mut dyn FnMut(&[u8]),
+) -> io::Result<()> {
+    let mut chunk = vec![0u8; crate::IO_CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let n = chunk
+            .len()
+            .min(usize::try_from(len - at).unwrap_or(usize::MAX));
+        file.read_exact_at(&mut chunk[..n], offset + at)?;
+        each(&chunk[..n]);
+        at += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

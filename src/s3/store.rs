@@ -52,7 +52,6 @@
 //! receiver: two names may share one (the same bytes under two ids).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -556,18 +555,11 @@ fn hash_range(
     beat: &mut dyn FnMut(),
 ) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; crate::IO_CHUNK];
-    let mut at = 0u64;
-    while at < len {
-        let n = chunk
-            .len()
-            .min(usize::try_from(len - at).unwrap_or(usize::MAX));
-        file.read_exact_at(&mut chunk[..n], offset + at)?;
-        hasher.update(&chunk[..n]);
-        whole.update(&chunk[..n]);
-        at += n as u64;
+    crate::hashing::for_each_chunk_at(file, offset, len, &mut |c| {
+        hasher.update(c);
+        whole.update(c);
         beat();
-    }
+    })?;
     Ok(hasher.finalize().into())
 }
 

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -19,16 +19,7 @@ use crate::s3::store::{Published, S3Store};
 /// sha256 of a file's first `len` bytes (a resumed upload's durable prefix).
 fn hash_prefix(file: &File, len: u64) -> io::Result<Sha256> {
     let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; crate::IO_CHUNK];
-    let mut at = 0u64;
-    while at < len {
-        let n = chunk
-            .len()
-            .min(usize::try_from(len - at).unwrap_or(usize::MAX));
-        file.read_exact_at(&mut chunk[..n], at)?;
-        hasher.update(&chunk[..n]);
-        at += n as u64;
-    }
+    crate::hashing::for_each_chunk_at(file, 0, len, &mut |c| hasher.update(c))?;
     Ok(hasher)
 }
 
