@@ -473,7 +473,14 @@ impl Conn<'_> {
             Ok(p) => p,
             Err(e) => return self.early(s, req, &self.failed(host, episode, &e)),
         };
-        let pending = match self.receive(s, req, pending, buf, a, Instant::now()) {
+        let pending = match self.receive(
+            s,
+            req,
+            pending,
+            buf,
+            BodyFacts::of_append(a),
+            Instant::now(),
+        ) {
             Ok(p) => p,
             Err(next) => return next,
         };
@@ -505,19 +512,19 @@ impl Conn<'_> {
         req: &Request,
         mut pending: Pending<'p>,
         buf: &mut Vec<u8>,
-        body: &dyn BodyFacts,
+        body: BodyFacts<'_>,
         from: Instant,
     ) -> Result<Pending<'p>, Next> {
         let cfg = self.env.config;
-        let (host, episode, length) = (body.host(), body.episode(), body.length());
-        if body::sends_continue(body.expect_continue(), buf) && s.send(answer::CONTINUE).is_err() {
+        let (host, episode, length) = (body.host, body.episode, body.length);
+        if body::sends_continue(body.expect_continue, buf) && s.send(answer::CONTINUE).is_err() {
             return Err(Next::Close);
         }
         // Each body read may wait `body_timeout`, and the whole body must
         // come by a deadline that allows the minimum rate.
         let deadline = from + cfg.body_timeout + Duration::from_secs(length / MIN_BODY_RATE);
         s.arm(deadline, cfg.body_timeout);
-        let mut reader = BodyReader::new(buf, s, length).halfway_point(body.halfway_point());
+        let mut reader = BodyReader::new(buf, s, length).halfway_point(body.halfway_point);
         let copied = body::copy(&mut reader, &mut pending);
         let got = reader.received();
         match copied {
@@ -675,7 +682,8 @@ impl Conn<'_> {
             Ok(p) => p,
             Err(e) => return early(s, &failed(&e)),
         };
-        let pending = match self.receive(s, req, pending, buf, put, req.started) {
+        let pending = match self.receive(s, req, pending, buf, BodyFacts::of_put(put), req.started)
+        {
             Ok(p) => p,
             Err(next) => return next,
         };
@@ -754,49 +762,36 @@ impl Conn<'_> {
     }
 }
 
-/// What `receive` needs to know of a request with a body.
-trait BodyFacts {
-    fn host(&self) -> &str;
-    fn episode(&self) -> &str;
-    fn length(&self) -> u64;
-    fn expect_continue(&self) -> bool;
-    /// The crash point halfway through its bytes.
-    fn halfway_point(&self) -> &'static str;
+/// What `receive` needs of a request with a known-length body (a `PUT`
+/// or a `PATCH`): where it goes, its length, whether the client waits for
+/// `100 Continue`, and the crash point halfway through its bytes.
+struct BodyFacts<'a> {
+    host: &'a str,
+    episode: &'a str,
+    length: u64,
+    expect_continue: bool,
+    halfway_point: &'static str,
 }
 
-impl BodyFacts for Put {
-    fn host(&self) -> &str {
-        &self.host
+impl<'a> BodyFacts<'a> {
+    fn of_put(p: &'a Put) -> BodyFacts<'a> {
+        BodyFacts {
+            host: &p.host,
+            episode: &p.episode,
+            length: p.length,
+            expect_continue: p.expect_continue,
+            halfway_point: "recv.mid_body",
+        }
     }
-    fn episode(&self) -> &str {
-        &self.episode
-    }
-    fn length(&self) -> u64 {
-        self.length
-    }
-    fn expect_continue(&self) -> bool {
-        self.expect_continue
-    }
-    fn halfway_point(&self) -> &'static str {
-        "recv.mid_body"
-    }
-}
 
-impl BodyFacts for Append {
-    fn host(&self) -> &str {
-        &self.host
-    }
-    fn episode(&self) -> &str {
-        &self.episode
-    }
-    fn length(&self) -> u64 {
-        self.length
-    }
-    fn expect_continue(&self) -> bool {
-        self.expect_continue
-    }
-    fn halfway_point(&self) -> &'static str {
-        "recv.mid_append"
+    fn of_append(a: &'a Append) -> BodyFacts<'a> {
+        BodyFacts {
+            host: &a.host,
+            episode: &a.episode,
+            length: a.length,
+            expect_continue: a.expect_continue,
+            halfway_point: "recv.mid_append",
+        }
     }
 }
 
