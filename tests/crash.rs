@@ -1033,6 +1033,36 @@ fn retention_crash_leaves_no_half_episode_that_looks_whole() {
 }
 
 /// Crash points reached only by a `HEAD` or `PATCH`.
+/// After a receiver crash case: `e` is stored whole with its sidecar, and
+/// no partial is left.
+fn assert_stored_whole(host_dir: &Path, whole: &[u8], point: &str, partials: &[String]) {
+    assert_eq!(
+        fs::read(host_dir.join("e.tar.zst")).unwrap(),
+        whole,
+        "{point}: stored bytes"
+    );
+    assert_eq!(
+        sidecar_hex(&host_dir.join("e.tar.zst.sha256")),
+        Some(common::raw::hex_of(whole))
+    );
+    assert!(partials.is_empty(), "{point}: {partials:?}");
+}
+
+/// Runs `case` for every one of `points` (each a named crash point).
+fn run_points(kind: &str, points: &[&'static str], case: fn(&'static str)) {
+    for p in points {
+        assert!(
+            cis490::fault::POINTS.contains(p),
+            "{p} is not a crash point"
+        );
+    }
+    let cases: Vec<Case> = points
+        .iter()
+        .map(|&p| -> Case { (format!("{kind} {p}"), Box::new(move || case(p))) })
+        .collect();
+    run_cases(cases);
+}
+
 const RESUME_POINTS: [&str; 2] = ["recv.mid_append", "recv.before_offset"];
 
 /// A plain receiver on `store` (raw HTTP: the resume is driven by hand;
@@ -1120,32 +1150,13 @@ fn resume_crash(point: &str) {
     }
     let resp = exchange(r.http.unwrap(), &patch("e", &whole, off, whole.len() - off));
     assert_eq!(status_of(&resp), 201, "{point}: {resp}");
-    assert_eq!(
-        fs::read(host_dir.join("e.tar.zst")).unwrap(),
-        whole,
-        "{point}: stored bytes"
-    );
-    assert_eq!(
-        sidecar_hex(&host_dir.join("e.tar.zst.sha256")),
-        Some(hex_of(&whole))
-    );
-    assert!(partials().is_empty(), "{point}: {:?}", partials());
+    assert_stored_whole(&host_dir, &whole, point, &partials());
 }
 
 #[test]
 fn receiver_crash_points_inside_a_resume_converge() {
     // The PUT harness above drives every other receiver point.
-    for p in RESUME_POINTS {
-        assert!(
-            cis490::fault::POINTS.contains(&p),
-            "{p} is not a crash point"
-        );
-    }
-    let cases: Vec<Case> = RESUME_POINTS
-        .iter()
-        .map(|&p| -> Case { (format!("resume {p}"), Box::new(move || resume_crash(p))) })
-        .collect();
-    run_cases(cases);
+    run_points("resume", &RESUME_POINTS, resume_crash);
 }
 
 /// Crash points reached only by a chunked `PUT` (in the harness above in
@@ -1212,31 +1223,12 @@ fn stream_crash(point: &str) {
     patch.extend_from_slice(&whole[off..]);
     let resp = exchange(r.http.unwrap(), &patch);
     assert_eq!(status_of(&resp), 201, "{point}: {resp}");
-    assert_eq!(
-        fs::read(host_dir.join("e.tar.zst")).unwrap(),
-        whole,
-        "{point}: stored bytes"
-    );
-    assert_eq!(
-        sidecar_hex(&host_dir.join("e.tar.zst.sha256")),
-        Some(hex_of(&whole))
-    );
-    assert!(partials().is_empty(), "{point}: {:?}", partials());
+    assert_stored_whole(&host_dir, &whole, point, &partials());
 }
 
 #[test]
 fn receiver_crash_points_inside_a_stream_converge() {
-    for p in STREAM_POINTS {
-        assert!(
-            cis490::fault::POINTS.contains(&p),
-            "{p} is not a crash point"
-        );
-    }
-    let cases: Vec<Case> = STREAM_POINTS
-        .iter()
-        .map(|&p| -> Case { (format!("stream {p}"), Box::new(move || stream_crash(p))) })
-        .collect();
-    run_cases(cases);
+    run_points("stream", &STREAM_POINTS, stream_crash);
 }
 
 /// The shipper's one point inside a resume: only a tarball already waiting
