@@ -21,18 +21,13 @@ fn a_cut_upload_resumes_and_sends_less_than_half_again() {
     assert!(size >= 100_000_000, "{size}");
     let fwd = Forwarder::start(lab.receiver().https.unwrap());
     let cfg = lab.through("via", &fwd.url());
-    fwd.set(Fault::CutAfter(size * 2 / 3));
-    let out = shipper(&cfg, &["--once"]);
-    assert_exit(&out, 75);
-    assert!(lab.data("outbox/ep-big.tar.zst").exists(), "tarball kept");
-    fwd.set(Fault::None);
-    // The receiver has let go of the cut upload's partial (a PATCH that
-    // came before would be 409 upload_in_progress: tried again next pass).
-    lab.receiver().wait_log("bytes kept to resume");
-    let before = fwd.up_bytes();
-    let out = shipper(&cfg, &["--once"]);
-    assert_exit(&out, 0);
-    let sent = fwd.up_bytes() - before;
+    let (_, out, sent) = failed_then_resumed(
+        &lab,
+        &fwd,
+        &cfg,
+        Fault::CutAfter(size * 2 / 3),
+        Some("ep-big"),
+    );
     assert!(
         sent < size / 2,
         "the second pass sent {sent} of {size} bytes\n{}",
@@ -148,16 +143,7 @@ fn max_upload_rate_holds_and_holds_for_a_resumed_upload() {
     let size = lab.pack_only("ep-2");
     let fwd = Forwarder::start(lab.receiver().https.unwrap());
     let cfg = lab.through("via", &fwd.url());
-    fwd.set(Fault::CutAfter(size / 2));
-    assert_exit(&shipper(&cfg, &["--once"]), 75);
-    fwd.set(Fault::None);
-    // The receiver has let go of the cut upload's partial (a PATCH that
-    // came before would be 409 upload_in_progress: tried again next pass).
-    lab.receiver().wait_log("bytes kept to resume");
-    let before = fwd.up_bytes();
-    let out = shipper(&cfg, &["--once"]);
-    assert_exit(&out, 0);
-    let sent = fwd.up_bytes() - before;
+    let (_, out, sent) = failed_then_resumed(&lab, &fwd, &cfg, Fault::CutAfter(size / 2), None);
     let secs = upload_secs(&stderr(&out), "ep-2");
     let rate = sent as f64 / secs;
     assert!(
@@ -184,17 +170,9 @@ fn a_stalled_upload_times_out_and_the_next_pass_resumes() {
         text.replace("io_timeout_s = 10\n", "io_timeout_s = 2\n"),
     )
     .unwrap();
-    fwd.set(Fault::StallAfter(size / 2));
-    let out = shipper(&cfg, &["--once"]);
-    assert_exit(&out, 75);
-    assert!(stderr(&out).contains("ep-1: "), "{}", describe(&out));
-    assert!(lab.data("outbox/ep-1.tar.zst").exists(), "tarball kept");
-    fwd.set(Fault::None);
-    lab.receiver().wait_log("bytes kept to resume");
-    let before = fwd.up_bytes();
-    let out = shipper(&cfg, &["--once"]);
-    assert_exit(&out, 0);
-    let sent = fwd.up_bytes() - before;
+    let (first, out, sent) =
+        failed_then_resumed(&lab, &fwd, &cfg, Fault::StallAfter(size / 2), Some("ep-1"));
+    assert!(stderr(&first).contains("ep-1: "), "{}", describe(&first));
     assert!(
         sent < size * 6 / 10,
         "the second pass sent {sent} of {size} bytes\n{}",
@@ -206,4 +184,32 @@ fn a_stalled_upload_times_out_and_the_next_pass_resumes() {
         describe(&out)
     );
     lab.assert_stored_is_shipped("ep-1");
+}
+
+/// One pass through `fwd` with `fault` (exit 75; with `kept`, that
+/// episode's tarball stays in outbox/), then, the link healed and the
+/// receiver done with the cut upload, a pass that ships (exit 0): both
+/// passes' output and the bytes the second sent.
+fn failed_then_resumed(
+    lab: &Lab,
+    fwd: &Forwarder,
+    cfg: &std::path::Path,
+    fault: Fault,
+    kept: Option<&str>,
+) -> (std::process::Output, std::process::Output, u64) {
+    fwd.set(fault);
+    let first = shipper(cfg, &["--once"]);
+    assert_exit(&first, 75);
+    if let Some(id) = kept {
+        let tarball = format!("outbox/{id}.tar.zst");
+        assert!(lab.data(&tarball).exists(), "tarball kept");
+    }
+    fwd.set(Fault::None);
+    // The receiver has let go of the cut upload's partial (a PATCH that
+    // came before would be 409 upload_in_progress: tried again next pass).
+    lab.receiver().wait_log("bytes kept to resume");
+    let before = fwd.up_bytes();
+    let out = shipper(cfg, &["--once"]);
+    assert_exit(&out, 0);
+    (first, out, fwd.up_bytes() - before)
 }
